@@ -1,0 +1,76 @@
+"""compile(): Relax module or model file in, deployable artifact out."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from . import targets as _targets
+from .schedule_pass import apply_default_schedules
+
+
+def _pipeline(target: tvm.target.Target):
+    """TVM's CPU pipeline with our schedules applied between fusion and lowering."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="bnn_tvm.Pipeline")
+    def _run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = (
+                cpu.library_dispatch_passes(target)
+                + cpu.legalize_passes(target)
+                + [apply_default_schedules(target)]
+                + cpu.dataflow_lower_passes(target)
+                + cpu.finalize_passes(target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _run
+
+
+def load_model(model) -> tvm.IRModule:
+    """A Relax module from an IRModule, a .tflite path or .tflite bytes."""
+    if isinstance(model, tvm.IRModule):
+        return model
+    if isinstance(model, (bytes, bytearray)) or Path(model).suffix == ".tflite":
+        from .frontend import from_tflite
+
+        return from_tflite(model)
+    raise ValueError(f"cannot import {model!r}: bnn-tvm reads .tflite files (LCE-converted or plain)")
+
+
+class Artifact:
+    """A compiled model: a Relax VM executable for one target."""
+
+    def __init__(self, executable: relax.VMExecutable, target: tvm.target.Target, preset=None):
+        self.executable = executable
+        self.target = target
+        self.preset = preset
+
+    def export_library(self, path: str | os.PathLike) -> Path:
+        """Write one self-contained .so (weights inside), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {}
+        if self.preset is not None and self.preset.cross_compiler:
+            kwargs["fcompile"] = tvm.support.cc.cross_compiler(self.preset.cross_compiler)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            self.executable.export_library(str(tmp_path), **kwargs)
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+        return path
+
+
+def compile(model, target="host") -> Artifact:  # noqa: A001 - mirrors tvm.compile
+    """Compile a model (.tflite path or bytes, or a Relax IRModule) for ``target``."""
+    mod = load_model(model)
+    tvm_target, preset = _targets.resolve(target)
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(tvm_target))
+    return Artifact(executable, tvm_target, preset)

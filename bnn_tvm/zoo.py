@@ -1,0 +1,183 @@
+"""Real Larq models converted by LCE, cached by a hash of their recipe.
+
+Used by the tests, ``make demo`` and the benchmarks. Needs the ``larq`` extra
+(TensorFlow, larq, larq-zoo, LCE). larq-zoo weights cannot be downloaded here,
+so models keep their random initialisation (seeded, so a recipe always gives
+the same model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# larq and LCE's converter need Keras 2; this must be set before TensorFlow is imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+CACHE_DIR = Path(os.environ.get("BNN_TVM_CACHE", Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cache"))
+RECIPE_VERSION = 1  # bump when the way models are built changes
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One binary-conv test model: quantize -> bconv (-> second bconv for packed hand-off)."""
+
+    name: str
+    channels_in: int = 32
+    channels_out: int = 32
+    size: int = 7
+    kernel: int = 3
+    strides: int = 1
+    dilation: int = 1
+    padding: str = "same"
+    pad_values: float = 1.0
+    activation: str = "none"  # none | relu | relu6 | relu_n1_to_1 (fused by LCE when there is no batch-norm)
+    output: str = "float"  # float | int8 | packed (a second bconv reads the packed output)
+    groups: int = 1
+    batch_norm: bool = True
+    maxpool: bool = False  # binary max-pool between two bconvs (needs output="packed")
+
+    def recipe(self) -> dict:
+        return {"kind": "conv", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """A larq-zoo architecture at a given input size."""
+
+    name: str
+    architecture: str
+    size: int = 224
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def recipe(self) -> dict:
+        return {"kind": "zoo", **asdict(self)}
+
+
+def recipe_hash(recipe: dict) -> str:
+    text = json.dumps({"version": RECIPE_VERSION, **recipe}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_tflite(case, builder=None) -> Path:
+    """The .tflite of ``case``, converted by LCE once and cached under CACHE_DIR."""
+    path = CACHE_DIR / f"{case.name}-{recipe_hash(case.recipe())}.tflite"
+    if not path.exists():
+        model = (builder or keras_model)(case)
+        data = convert(model, int8=getattr(case, "output", "") == "int8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def convert(model, int8: bool = False) -> bytes:
+    """Convert a Keras model with LCE's converter (int8 inputs/outputs for fake-quantized models)."""
+    tf = _tf()
+    import larq_compute_engine as lce
+
+    if int8:
+        return lce.convert_keras_model(model, inference_input_type=tf.int8, inference_output_type=tf.int8)
+    return lce.convert_keras_model(model)
+
+
+def keras_model(case):
+    """The Keras model of a case (random, seeded initialisation)."""
+    tf = _tf()
+    tf.keras.utils.set_random_seed(int(recipe_hash(case.recipe())[:8], 16) % (2**31))
+    if isinstance(case, ZooCase):
+        return _zoo_model(case)
+    return _conv_model(case)
+
+
+def _zoo_model(case: ZooCase):
+    import larq_zoo
+
+    tf = _tf()
+    family = larq_zoo.sota if case.architecture.startswith("QuickNet") else larq_zoo.literature
+    builder = getattr(family, case.architecture)
+    model = builder(input_shape=(case.size, case.size, 3), weights=None, **case.extra)
+    _randomize_batch_norm(model, np.random.default_rng(case.seed))
+    return tf.keras.Model(model.inputs, model.outputs)
+
+
+def _randomize_batch_norm(model, rng) -> None:
+    """Give batch-norms non-trivial statistics, so that thresholds and multipliers are exercised."""
+    import tensorflow as tf
+
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            if len(layer.get_weights()) != 4:  # without scale and centre there is less to vary
+                continue
+            shape = layer.get_weights()[0].shape
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, shape).astype("float32"),
+                rng.normal(0, 0.3, shape).astype("float32"),
+                rng.normal(0, 1.0, shape).astype("float32"),
+                rng.uniform(0.5, 2.0, shape).astype("float32"),
+            ])
+
+
+def _conv_model(case: ConvCase):
+    import larq as lq
+
+    tf = _tf()
+    quantized = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip",
+                     use_bias=False)
+    fake_quant = tf.keras.layers.Lambda(lambda t: tf.quantization.fake_quant_with_min_max_args(t, -3.0, 3.0))
+    x = tf.keras.Input((case.size, case.size, case.channels_in))
+    y = fake_quant(x) if case.output == "int8" else x
+
+    def bconv(t, channels, groups=1):
+        return lq.layers.QuantConv2D(
+            channels, case.kernel, strides=case.strides, dilation_rate=case.dilation, padding=case.padding,
+            pad_values=case.pad_values, groups=groups, **quantized)(t)
+
+    y = bconv(y, case.channels_out, case.groups)
+    if case.batch_norm:
+        y = tf.keras.layers.BatchNormalization()(y)
+    activation = {
+        "none": None,
+        "relu": tf.keras.layers.ReLU(),
+        "relu6": tf.keras.layers.ReLU(6.0),
+        "relu_n1_to_1": tf.keras.layers.Lambda(lambda t: tf.clip_by_value(t, -1.0, 1.0)),
+    }[case.activation]
+    if activation is not None:
+        y = activation(y)
+    if case.output == "packed":
+        if case.maxpool:
+            y = tf.keras.layers.MaxPool2D(2, strides=2, padding="same")(y)
+        y = lq.layers.QuantConv2D(16, 1, **quantized)(y)  # reads the bitpacked hand-off
+        y = tf.keras.layers.BatchNormalization()(y)
+    if case.output == "int8":
+        y = fake_quant(y)
+    model = tf.keras.Model(x, y)
+    _randomize_batch_norm(model, np.random.default_rng(0))
+    return model
+
+
+def lce_interpreter(path: Path, num_threads: int = 1):
+    from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+    return Interpreter(Path(path).read_bytes(), num_threads=num_threads)
+
+
+def random_input(shape, dtype="float32", seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "int8":
+        return rng.integers(-128, 128, size=shape, dtype=np.int8)
+    return rng.standard_normal(shape).astype(dtype)

@@ -1,0 +1,5 @@
+"""Target-independent schedules: the fallback for blocks without a rule of their own."""
+
+from .parallel import schedule_generic
+
+__all__ = ["schedule_generic"]

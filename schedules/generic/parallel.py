@@ -1,0 +1,46 @@
+"""Fallback CPU schedule: parallelize the outer spatial loops, vectorize short inner ones.
+
+Float layers without a dedicated schedule get this; it is correct for any
+block and keeps both cores busy, but it is not a tuned kernel.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+MAX_VECTOR_LANES = 16
+
+
+def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Parallelize the outermost data-parallel loops of ``block``'s nest and vectorize its innermost one."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return True
+    block_stmt = sch.get(block)
+    spatial = [iv.iter_type == 0 for iv in block_stmt.iter_vars]  # 0: data parallel
+    # Step 1: parallel over the leading loops that are data parallel (bound to spatial iterators).
+    leading = 0
+    for loop, is_spatial in zip(loops, spatial):
+        if not is_spatial:
+            break
+        leading += 1
+    if leading > 1:
+        outer = sch.fuse(*loops[: min(leading - 1, 2)])
+    elif leading == 1:
+        outer = loops[0]
+    else:
+        return True
+    try:
+        sch.parallel(outer)
+    except s_tir.ScheduleError:
+        pass
+    # Step 2: vectorize an innermost spatial loop of modest extent.
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    extent = sch.get(inner).extent
+    if all(spatial) and len(loops) > 1 and hasattr(extent, "value") and 1 < extent.value <= MAX_VECTOR_LANES:
+        try:
+            sch.vectorize(inner)
+        except s_tir.ScheduleError:
+            pass
+    return True

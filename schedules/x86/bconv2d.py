@@ -1,0 +1,53 @@
+"""x86 schedule of binary conv2d.
+
+The accumulator is tiled as ``(batch*rows) x col_tile x 32 channels``: rows run
+in parallel, a tile of output columns is held in registers (unrolled), and the
+32 output channels of one packed word are the vector lanes (two AVX-512
+registers of int32, whose popcount is VPOPCNTD where the CPU has it). The
+output transform runs on the tile while it is still in registers.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
+from ...strategies import register
+from ._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+
+COLUMN_TILES = (4, 3, 2)
+
+
+@register(RULE, ("cpu",))
+def schedule_bconv2d(sch: s_tir.Schedule, accum) -> bool:
+    blocks = blocks_by_name(sch)
+    output = blocks.get("bconv2d_output")
+    if output is None:
+        return False
+    # Step 1: the zero-word padding of the input, parallel over rows.
+    if "bconv2d_pad" in blocks:
+        parallel_rows(sch, blocks["bconv2d_pad"])
+    # Step 2: elementwise epilogues fused by FuseOps (an activation, an add) join the output transform.
+    inline_epilogues(sch, output)
+
+    # Step 3: tile the accumulator: rows parallel, columns x one word of channels in registers.
+    n, h, w, o, p, q, c = sch.get_loops(accum)
+    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
+    w_outer, w_inner = sch.split(w, [None, col_tile])
+    o_outer, o_inner = sch.split(o, [None, CHANNEL_BLOCK])
+    sch.reorder(n, h, w_outer, o_outer, p, q, c, w_inner, o_inner)
+    rows = sch.fuse(n, h)
+    sch.parallel(rows)
+
+    # Step 4: accumulate into a register tile, initialised before the reduction.
+    tile = sch.cache_write(accum, 0, "local")
+    sch.reverse_compute_at(tile, o_outer)
+    sch.vectorize(o_inner)
+    sch.unroll(w_inner)
+    init = sch.decompose_reduction(accum, p)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+    # Step 5: the output transform consumes the tile in place.
+    sch.reverse_compute_at(output, o_outer)
+    sch.compute_inline(tile)
+    return True

@@ -1,0 +1,50 @@
+"""Which schedule serves which (schedule rule, target key).
+
+TE computes of the binary ops carry ``schedule_rule``; for each rule this
+registry keeps, per target key (``arm_cpu``, ``cpu``, ...), an ordered list of
+schedule functions ``fn(sch, block) -> bool``. A function returns False where it
+does not apply, so the first applicable one wins (as in TVM's dlight). Target
+keys are tried in the target's own order, most specific first.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tvm
+from tvm import s_tir
+
+ScheduleFn = Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]
+
+_REGISTRY: dict[tuple[str, str], list[ScheduleFn]] = {}
+
+
+def register(rule: str, target_keys: tuple[str, ...]):
+    """Decorator: ``fn`` schedules blocks tagged ``rule`` on targets with any of ``target_keys``."""
+
+    def wrap(fn: ScheduleFn) -> ScheduleFn:
+        for key in target_keys:
+            _REGISTRY.setdefault((rule, key), []).append(fn)
+        return fn
+
+    return wrap
+
+
+def candidates(rule: str, target: tvm.target.Target) -> list[ScheduleFn]:
+    """Schedule functions for ``rule`` on ``target``, in the order they should be tried."""
+    found = []
+    for key in list(target.keys):
+        found.extend(_REGISTRY.get((rule, key), []))
+    return found
+
+
+def known_rules() -> set[str]:
+    return {rule for rule, _ in _REGISTRY}
+
+
+def _load_schedules() -> None:
+    # Importing the schedule modules registers them.
+    from ..schedules import x86  # noqa: F401
+
+
+_load_schedules()
