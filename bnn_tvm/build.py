@@ -43,6 +43,20 @@ def load_model(model) -> tvm.IRModule:
     raise ValueError(f"cannot import {model!r}: bnn-tvm reads .tflite files (LCE-converted or plain)")
 
 
+INPUT_SIGNATURE = "bnn_input_signature"
+
+
+def _with_input_signature(mod: tvm.IRModule) -> tvm.IRModule:
+    """Add a function returning the inputs' shapes and dtypes, so `bnn-tvm run` can make inputs."""
+    entries = []
+    for param in mod["main"].params:
+        ty = param.ty
+        entries.append(relax.Tuple([relax.ShapeExpr([int(d) for d in ty.shape.values]), tvm.ir.StringImm(str(ty.dtype))]))
+    mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    mod[INPUT_SIGNATURE] = relax.Function([], relax.Tuple(entries), is_pure=True)
+    return mod
+
+
 class Artifact:
     """A compiled model: a Relax VM executable for one target."""
 
@@ -70,7 +84,7 @@ class Artifact:
 
 def compile(model, target="host") -> Artifact:  # noqa: A001 - mirrors tvm.compile
     """Compile a model (.tflite path or bytes, or a Relax IRModule) for ``target``."""
-    mod = load_model(model)
+    mod = _with_input_signature(load_model(model))
     tvm_target, preset = _targets.resolve(target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(tvm_target))
     return Artifact(executable, tvm_target, preset)

@@ -23,6 +23,13 @@ class CompiledModel:
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
         return _to_numpy(self._main(*args))
 
+    def input_signature(self) -> tuple[tuple[int, ...], str]:
+        """Shape and dtype of the first input, as recorded by ``bnn_tvm.compile``."""
+        from .build import INPUT_SIGNATURE
+
+        (shape, dtype), *_ = self.vm[INPUT_SIGNATURE]()
+        return tuple(int(d) for d in shape), str(dtype)
+
     def time(self, *inputs: np.ndarray, repeat: int = 10, warmup: int = 2) -> list[float]:
         """Wall-clock seconds of ``repeat`` calls (after ``warmup``), inputs already on the device."""
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]

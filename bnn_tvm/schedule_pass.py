@@ -33,12 +33,13 @@ def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pr
     """``func`` scheduled for ``target``: rule-tagged blocks by their strategy, the rest generically."""
     sch = s_tir.Schedule(func)
     tagged, others = _tagged_blocks(sch)
-    for block, rule in tagged:
+    ours = [(block, rule) for block, rule in tagged if rule in strategies.known_rules()]
+    for block, rule in ours:
         choices = strategies.candidates(rule, target)
         if not any(choice(sch, block) for choice in choices):
             raise ScheduleNotFound(f"no schedule for rule {rule!r} on target keys {list(target.keys)}")
-    if not tagged:
-        for block, _ in others:
+    if not ours:  # TVM's own ops (their rules name MetaSchedule templates we do not use here)
+        for block, _ in tagged + others:
             schedule_generic(sch, block)
     return sch.mod["main"]
 

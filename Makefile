@@ -1,0 +1,34 @@
+# `make demo` and `make test` are all the set-up a fresh machine needs: each
+# bootstraps the Debian packages and the virtualenv it uses.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the project uses: a C++ compiler to link the .so files.
+DEB_PACKAGES := g++
+
+.PHONY: demo test system-packages venv clean
+
+demo: venv
+	$(PY) benchmarks/demo.py
+
+test: venv
+	$(PY) -m pytest -q
+
+venv: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	  else echo "Missing Debian packages:$$missing. Run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[larq,test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) tests/fixtures/cache
