@@ -53,7 +53,8 @@ def _with_input_signature(mod: tvm.IRModule) -> tvm.IRModule:
         ty = param.ty
         entries.append(relax.Tuple([relax.ShapeExpr([int(d) for d in ty.shape.values]), tvm.ir.StringImm(str(ty.dtype))]))
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    mod[INPUT_SIGNATURE] = relax.Function([], relax.Tuple(entries), is_pure=True)
+    signature = relax.Function([], relax.Tuple(entries), is_pure=True)
+    mod[INPUT_SIGNATURE] = signature.with_attr("global_symbol", INPUT_SIGNATURE)
     return mod
 
 

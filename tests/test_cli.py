@@ -1,0 +1,47 @@
+"""The bnn-tvm command line, run as a user would."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnn_tvm import zoo
+
+CASE = zoo.ConvCase("packed-handoff", output="packed", channels_in=64, channels_out=33, strides=2)
+
+
+def bnn_tvm(*args):
+    return subprocess.run([sys.executable, "-m", "bnn_tvm.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_compile_then_run_matches_lce(tmp_path):
+    model = zoo.cached_tflite(CASE)
+    so = tmp_path / "model.so"
+    done = bnn_tvm("compile", str(model), "--target", "host", "-o", str(so))
+    assert done.returncode == 0, done.stderr
+    x = zoo.random_input((1, CASE.size, CASE.size, CASE.channels_in))
+    np.save(tmp_path / "x.npy", x)
+    done = bnn_tvm("run", str(so), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
+                   "--repeat", "3")
+    assert done.returncode == 0, done.stderr
+    assert "median latency" in done.stdout and "shape [1, 4, 4, 16]" in done.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), zoo.lce_interpreter(model).predict(x))
+    done = bnn_tvm("run", str(so))  # random input of the recorded shape
+    assert done.returncode == 0 and "random input [1, 7, 7, 64] float32" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["compile"], ["run"]])
+def test_help(command):
+    done = bnn_tvm(*command, "--help")
+    assert done.returncode == 0 and "usage: bnn-tvm" in done.stdout
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    model = zoo.cached_tflite(CASE)
+    done = bnn_tvm("compile", str(model), "--target", "pdp11", "-o", str(tmp_path / "m.so"))
+    assert done.returncode != 0 and "unknown target 'pdp11'" in done.stderr and "host" in done.stderr
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"not a model")
+    done = bnn_tvm("compile", str(garbage), "-o", str(tmp_path / "m.so"))
+    assert done.returncode != 0 and "error:" in done.stderr and "Traceback" not in done.stderr
