@@ -41,7 +41,7 @@ from ._common import (
     static_shape,
     window_output,
 )
-from .bitpack import unpack_bits
+from .bitpack import quantize_ref, unpack_bits
 
 OP = "relax.bnn.bconv2d"
 RULE = "bnn_bconv2d"
@@ -233,9 +233,7 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
                 padded_dot[..., channels] += outside[None, :, :, None] * tap_sum[None, None, None, :]
     if attrs["out_dtype"] == PACKED_DTYPE:
         bits = accum > thresholds.astype(np.int64)
-        from .bitpack import quantize_ref  # packing True as bit 1, as quantize does for negatives
-
-        return quantize_ref(np.where(bits, -1.0, 1.0).astype(np.float32))
+        return quantize_ref(np.where(bits, -1.0, 1.0).astype(np.float32))  # a set bit packs as 1
     low, high = g.clamp_range()
     out_scale = attrs["out_scale"] if attrs["out_dtype"] == "int8" else 1.0
     zero_point = attrs["out_zero_point"] if attrs["out_dtype"] == "int8" else 0

@@ -45,3 +45,22 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     garbage.write_bytes(b"not a model")
     done = bnn_tvm("compile", str(garbage), "-o", str(tmp_path / "m.so"))
     assert done.returncode != 0 and "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stock_tvm_loads_the_library(tmp_path):
+    """The .so is a plain Relax executable: TVM alone runs it, without importing bnn_tvm."""
+    model = zoo.cached_tflite(CASE)
+    so = tmp_path / "model.so"
+    assert bnn_tvm("compile", str(model), "-o", str(so)).returncode == 0
+    x = zoo.random_input((1, CASE.size, CASE.size, CASE.channels_in))
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, tvm\n"
+        f"vm = tvm.relax.VirtualMachine(tvm.runtime.load_module({str(so)!r}), tvm.cpu())\n"
+        f"y = vm['main'](tvm.runtime.tensor(np.load({str(tmp_path / 'x.npy')!r}))).numpy()\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "assert 'bnn_tvm' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), zoo.lce_interpreter(model).predict(x))
