@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the project uses: a C++ compiler to link the .so files.
-DEB_PACKAGES := g++
+# Debian packages the project uses: C++ compilers that link the .so files (host and cross).
+DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf
 
 .PHONY: demo test system-packages venv clean
 

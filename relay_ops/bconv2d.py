@@ -25,6 +25,7 @@ correction assumes the window is smaller than the image).
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax, te, tirx
 
 from ._common import (
@@ -50,6 +51,10 @@ OUT_DTYPES = ("float32", "int8", PACKED_DTYPE)
 # Output channels are computed in blocks of one packed word; the accumulator is
 # padded to whole blocks so that schedules vectorize without remainder loops.
 CHANNEL_BLOCK = BITS_PER_WORD
+# The "halfwords" accumulation (ARM NEON) counts bits per 16-bit lane of 128-bit chunks of 4 words.
+WORDS_PER_CHUNK = 4
+HALFWORD_LANES = 8
+UINT16_MAX = 2**16 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -263,18 +268,40 @@ def transform_constants(multiplier, bias, depth: int, out_scale: float = 1.0, ze
 # run per inference.
 
 
-def blocked_filter_compute(w: te.Tensor) -> te.Tensor:
-    """Filter OHWI -> [block, kh, kw, word, lane]: 32 output channels contiguous, zero beyond Cout."""
+def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
+    """The filter OHWI in blocks of 32 output channels, zero beyond Cout.
+
+    ``words``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
+    ``halfwords``: [block, kh, kw, channel, word]: words contiguous and padded to whole 128-bit chunks.
+    """
     channels_out, kernel_h, kernel_w, words = (int(d) for d in w.shape)
     blocks = (channels_out + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+    zero = tirx.const(0, PACKED_DTYPE)
 
-    def value(block, p, q, c, lane):
+    def weight(block, p, q, c, lane):
         o = block * CHANNEL_BLOCK + lane
-        return tirx.if_then_else(
-            o < channels_out, w[tirx.min(o, channels_out - 1), p, q, c], tirx.const(0, PACKED_DTYPE)
-        )
+        inside = tirx.all(o < channels_out, c < words)
+        return tirx.if_then_else(inside, w[tirx.min(o, channels_out - 1), p, q, tirx.min(c, words - 1)], zero)
 
-    return te.compute((blocks, kernel_h, kernel_w, words, CHANNEL_BLOCK), value, name="bconv2d_filter_blocked")
+    if accumulation == "words":
+        return te.compute((blocks, kernel_h, kernel_w, words, CHANNEL_BLOCK), weight, name="bconv2d_filter_blocked")
+    padded = _round_up(words, WORDS_PER_CHUNK)
+    return te.compute((blocks, kernel_h, kernel_w, CHANNEL_BLOCK, padded),
+                      lambda b, p, q, lane, c: weight(b, p, q, c, lane), name="bconv2d_filter_blocked")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def accumulation_for(target, g: Conv2dGeometry) -> str:
+    """``halfwords`` (NEON popcount into u16 lanes) on ARM when the lanes cannot overflow, else ``words``."""
+    if target is None or "arm_cpu" not in list(target.keys):
+        return "words"
+    chunks = _round_up(g.filter_words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
+    # Each chunk adds at most 16 to a lane; beyond this depth the lanes would need widening mid-reduction.
+    fits = g.kernel_h * g.kernel_w * chunks * 16 <= UINT16_MAX
+    return "halfwords" if fits else "words"
 
 
 def folded_multiplier_compute(multiplier: te.Tensor, out_scale: float) -> te.Tensor:
@@ -322,7 +349,7 @@ def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: 
     )
 
 
-def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape):
+def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulation: str = "words"):
     r"""Binary convolution on a blocked filter (see :func:`blocked_filter_compute`).
 
     .. math::
@@ -333,44 +360,82 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape):
     group of output channel :math:`o` and :math:`W_g` the packed words per group;
     then the output transform of the module docstring. ``params`` are the
     thresholds (packed output) or the folded multiplier, bias and, for zero
-    padding, the correction table.
+    padding, the correction table. ``accumulation`` says how the popcounts are
+    summed: per word into int32 (``words``), or per 16-bit lane of 128-bit
+    chunks into uint16 lanes summed afterwards (``halfwords``, NEON's uadalp).
     """
     g = Conv2dGeometry([int(d) for d in x.shape], list(filter_shape), attrs)
-    blocks = int(w_blocked.shape[0])
-    out_per_group = g.channels_out // g.groups
-    zero_word = tirx.const(0, PACKED_DTYPE)
-
-    if g.pad_top or g.pad_bottom or g.pad_left or g.pad_right:
-        padded_shape = (g.batch, g.in_h + g.pad_top + g.pad_bottom, g.in_w + g.pad_left + g.pad_right, g.in_words)
-
-        def padded(n, h, wi, c):
-            ih, iw = h - g.pad_top, wi - g.pad_left
-            inside = tirx.all(ih >= 0, ih < g.in_h, iw >= 0, iw < g.in_w)
-            return tirx.if_then_else(inside, x[n, ih, iw, c], zero_word)
-
-        xpad = te.compute(padded_shape, padded, name="bconv2d_pad")
+    if accumulation == "words":
+        accum = _accumulate_words(_padded_input(x, g, g.filter_words), w_blocked, g)
     else:
-        xpad = x
+        accum = _accumulate_halfwords(x, w_blocked, g)
+    if attrs["out_dtype"] == PACKED_DTYPE:
+        return _packed_output(accum, params[0], g)
+    return _scaled_output(accum, *params, g=g)
 
+
+def _padded_input(x, g: Conv2dGeometry, words_per_group: int):
+    """The input padded spatially with zero words (+1), each group's words padded to ``words_per_group``."""
+    if not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right) and words_per_group == g.filter_words:
+        return x
+    shape = (g.batch, g.in_h + g.pad_top + g.pad_bottom, g.in_w + g.pad_left + g.pad_right,
+             g.groups * words_per_group)
+
+    def padded(n, h, wi, c):
+        ih, iw = h - g.pad_top, wi - g.pad_left
+        group, word = c // words_per_group, c % words_per_group
+        inside = tirx.all(ih >= 0, ih < g.in_h, iw >= 0, iw < g.in_w, word < g.filter_words)
+        source = x[n, tirx.max(tirx.min(ih, g.in_h - 1), 0), tirx.max(tirx.min(iw, g.in_w - 1), 0),
+                   group * g.filter_words + tirx.min(word, g.filter_words - 1)]
+        return tirx.if_then_else(inside, source, tirx.const(0, PACKED_DTYPE))
+
+    return te.compute(shape, padded, name="bconv2d_pad")
+
+
+def _group_offset(o, g: Conv2dGeometry, words_per_group: int):
+    if g.groups == 1:
+        return 0
+    return tirx.min(o, g.channels_out - 1) // (g.channels_out // g.groups) * words_per_group
+
+
+def _accumulate_words(xpad, w_blocked, g: Conv2dGeometry):
+    blocks = int(w_blocked.shape[0])
     p = te.reduce_axis((0, g.kernel_h), name="p")
     q = te.reduce_axis((0, g.kernel_w), name="q")
     c = te.reduce_axis((0, g.filter_words), name="c")
 
     def accumulate(n, i, j, o):
-        if g.groups == 1:
-            word = c
-        else:
-            word = tirx.min(o, g.channels_out - 1) // out_per_group * g.filter_words + c
+        word = _group_offset(o, g, g.filter_words) + c
         xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w, word]
         wv = w_blocked[o // CHANNEL_BLOCK, p, q, c, o % CHANNEL_BLOCK]
         return te.sum(tirx.popcount(tirx.bitwise_xor(xv, wv)), axis=[p, q, c])
 
-    accum = te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK), accumulate, name="bconv2d_accum",
-                       attrs={"schedule_rule": RULE})
+    return te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK), accumulate, name="bconv2d_accum",
+                      attrs={"schedule_rule": RULE})
 
-    if attrs["out_dtype"] == PACKED_DTYPE:
-        return _packed_output(accum, params[0], g)
-    return _scaled_output(accum, *params, g=g)
+
+def _accumulate_halfwords(x, w_blocked, g: Conv2dGeometry):
+    blocks, padded_words = int(w_blocked.shape[0]), int(w_blocked.shape[4])
+    xpad = _padded_input(x, g, padded_words)
+    p = te.reduce_axis((0, g.kernel_h), name="p")
+    q = te.reduce_axis((0, g.kernel_w), name="q")
+    k = te.reduce_axis((0, padded_words // WORDS_PER_CHUNK), name="k")
+
+    def lane_count(n, i, j, o, lane):
+        word = k * WORDS_PER_CHUNK + lane // 2
+        xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w,
+                  _group_offset(o, g, padded_words) + word]
+        wv = w_blocked[o // CHANNEL_BLOCK, p, q, o % CHANNEL_BLOCK, word]
+        # In int64 because relax makes every index int64 and the lane index takes part in the shift.
+        bits = tirx.bitwise_xor(xv, wv).astype("int64")
+        half = tirx.bitwise_and(tirx.shift_right(bits, lane % 2 * 16), tirx.const(UINT16_MAX, "int64"))
+        return te.sum(tirx.popcount(half).astype("uint16"), axis=[p, q, k])
+
+    lanes = te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count,
+                       name="bconv2d_lanes", attrs={"schedule_rule": RULE})
+    lane = te.reduce_axis((0, HALFWORD_LANES), name="lane")
+    return te.compute(lanes.shape[:4], lambda n, i, j, o: te.sum(lanes[n, i, j, o, lane].astype("int32"), axis=lane),
+                      name="bconv2d_accum")
 
 
 def _packed_output(accum, thresholds, g: Conv2dGeometry):
@@ -414,7 +479,9 @@ def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     x_shape, _ = static_shape(OP, "input", x)
     w_shape, _ = static_shape(OP, "filter", w)
     g = Conv2dGeometry(x_shape, w_shape, attrs)
-    w_blocked = bb.emit(bb.call_te(blocked_filter_compute, w, primfunc_name_hint="bnn_bconv2d_block_filter"))
+    accumulation = accumulation_for(tvm.target.Target.current(allow_none=True), g)
+    w_blocked = bb.emit(bb.call_te(blocked_filter_compute, w, accumulation,
+                                   primfunc_name_hint="bnn_bconv2d_block_filter"))
     if attrs["out_dtype"] == PACKED_DTYPE:
         params = [call.args[2]]
     else:
@@ -431,7 +498,7 @@ def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             params.append(bb.emit(bb.call_te(zero_padding_correction_compute, w, multiplier, attrs, g.in_h, g.in_w,
                                              primfunc_name_hint="bnn_bconv2d_padding_correction")))
     return bb.call_te(bconv2d_compute, x, w_blocked, *params, attrs=attrs, filter_shape=w_shape,
-                      primfunc_name_hint="bnn_bconv2d")
+                      accumulation=accumulation, primfunc_name_hint="bnn_bconv2d")
 
 
 register_op(OP, "Binary 2-D convolution on bitpacked NHWC input (LceBconv2d).", _infer_type, _legalize)

@@ -44,7 +44,7 @@ def known_rules() -> set[str]:
 
 def _load_schedules() -> None:
     # Importing the schedule modules registers them.
-    from ..schedules import x86  # noqa: F401
+    from ..schedules import arm_cpu, x86  # noqa: F401
 
 
 _load_schedules()

@@ -9,18 +9,9 @@ from tvm import relax
 from bnn_tvm import relay_ops as ops
 from bnn_tvm.relay_ops.bconv2d import bconv2d_ref
 
+from .helpers import single_op_module
+
 CHANNELS = (1, 7, 32, 33, 64, 97, 128)
-
-
-def single_op_module(make_output, *inputs):
-    """A Relax module whose main takes ``inputs`` (numpy) and returns ``make_output(vars)``."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"x{i}", relax.TensorType(x.shape, str(x.dtype))) for i, x in enumerate(inputs)]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(make_output(*params))
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 @pytest.mark.parametrize("channels", CHANNELS)

@@ -1,0 +1,56 @@
+"""ARM (aarch64 NEON) schedule of binary conv2d, on the ``halfwords`` accumulation.
+
+The hot loop is the tensor intrinsic ``popcount_acc_1x8_u32u16_neon`` (eor,
+cnt, uadalp) over 128-bit chunks, on a register tile of ``col_tile`` output
+pixels x 4 output channels x 8 u16 lanes: the input chunk is loaded once per
+pixel and reused across the 4 channels, each filter chunk once per channel and
+reused across the pixels. Rows run in parallel.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+
+from ...relay_ops.bconv2d import RULE
+from ...strategies import register
+from ..x86._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from .intrin import popcount_acc_intrin
+
+COLUMN_TILES = (4, 2)
+CHANNEL_TILE = 4
+
+
+@register(RULE, ("arm_cpu",))
+def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> bool:
+    if sch.get(lanes).name_hint != "bconv2d_lanes":
+        return False  # the "words" accumulation: the generic CPU schedule serves it
+    blocks = blocks_by_name(sch)
+    accum, output = blocks["bconv2d_accum"], blocks["bconv2d_output"]
+    # Step 1: padding and group re-layout of the input, parallel over rows.
+    if "bconv2d_pad" in blocks:
+        parallel_rows(sch, blocks["bconv2d_pad"])
+    inline_epilogues(sch, output)
+
+    # Step 2: tile pixels x channels x lanes; rows parallel.
+    n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
+    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
+    w_outer, w_inner = sch.split(w, [None, col_tile])
+    o_outer, o_inner = sch.split(o, [None, CHANNEL_TILE])
+    sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
+    sch.parallel(sch.fuse(n, h))
+
+    # Step 3: u16 lanes in registers, zeroed before the reduction; the lane loop becomes eor/cnt/uadalp.
+    tile = sch.cache_write(lanes, 0, "local")
+    sch.reverse_compute_at(tile, o_outer)
+    init = sch.decompose_reduction(lanes, p)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
+    sch.unroll(w_inner)
+    sch.unroll(o_inner)
+
+    # Step 4: lanes summed to int32 and the output transform, on the tile.
+    sch.reverse_compute_at(accum, o_outer)
+    sch.reverse_compute_at(output, o_outer)
+    sch.compute_inline(tile)
+    return True

@@ -1,0 +1,77 @@
+"""NEON tensor intrinsic: XOR-popcount-accumulate of one 128-bit chunk into 8 halfword lanes.
+
+``popcount_acc_1x8_u32u16_neon`` computes, for the 4 packed words ``x`` and
+``w`` of one chunk, ``acc[l] += popcount(halfword l of (x ^ w))`` for the 8
+halfwords ``l``: exactly ``eor`` + ``cnt`` (bytes) + ``uadalp`` (pairwise add
+of byte counts into the u16 lanes); on armv7 ``veor`` + ``vcnt`` + ``vpadal``. The lanes are summed into int32 after the
+reduction, and the compute bounds the reduction so that they cannot overflow.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+POPCOUNT_ACC_NEON = "popcount_acc_1x8_u32u16_neon"
+POPCOUNT_ACC_NEON32 = "popcount_acc_1x8_u32u16_neon32"
+WORDS_PER_CHUNK = 4
+HALFWORD_LANES = 8
+
+
+@T.prim_func(s_tir=True)
+def _desc(
+    x: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+    w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+    acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(acc[0:8], x[0:4], w[0:4])
+        T.writes(acc[0:8])
+        for lane in T.serial(T.int64(8)):
+            with T.sblock("update"):
+                v_lane = T.axis.remap("S", [lane])
+                acc[v_lane] = acc[v_lane] + T.Cast(
+                    "uint16",
+                    T.popcount(
+                        T.bitwise_and(
+                            T.shift_right(
+                                T.Cast("int64", T.bitwise_xor(x[v_lane // T.int64(2)], w[v_lane // T.int64(2)])),
+                                v_lane % T.int64(2) * T.int64(16),
+                            ),
+                            T.int64(65535),
+                        )
+                    ),
+                )
+
+
+def _impl_with(pairwise_add_long: str, accumulates: bool):
+    """The implementation with the architecture's pairwise widening add: aarch64's ``uaddlp``, whose sum
+    with the accumulator LLVM selects as one ``uadalp``, or armv7's ``vpadal`` (which takes the accumulator)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        x: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+        w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+        acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(acc[0:8], x[0:4], w[0:4])
+            T.writes(acc[0:8])
+            bits = T.reinterpret(T.bitwise_xor(x.vload([0], "int32x4"), w.vload([0], "int32x4")), dtype="uint8x16")
+            counts = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", bits)
+            lanes = acc[T.ramp(T.int64(0), 1, 8)]
+            if accumulates:
+                acc[T.ramp(T.int64(0), 1, 8)] = T.call_llvm_pure_intrin("uint16x8", pairwise_add_long, lanes, counts)
+            else:
+                acc[T.ramp(T.int64(0), 1, 8)] = lanes + T.call_llvm_pure_intrin("uint16x8", pairwise_add_long, counts)
+
+    return impl
+
+
+def popcount_acc_intrin(target) -> str:
+    """The intrinsic's name for ``target`` (aarch64 or 32-bit ARM)."""
+    return POPCOUNT_ACC_NEON32 if "armv7" in str(target.attrs.get("mtriple", "")) else POPCOUNT_ACC_NEON
+
+
+TensorIntrin.register(POPCOUNT_ACC_NEON, _desc, _impl_with("llvm.aarch64.neon.uaddlp.v8i16.v16i8", False), override=True)
+TensorIntrin.register(POPCOUNT_ACC_NEON32, _desc, _impl_with("llvm.arm.neon.vpadalu.v8i16.v16i8", True), override=True)
