@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the project uses: C++ compilers that link the .so files (host and cross).
-DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf
+# Debian packages the project uses: C++ compilers that link the .so files (host and cross), and
+# qemu for the emulated ARM board (whose arm64 packages apt-get downloads: it needs the arm64 architecture).
+DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
 
 .PHONY: demo test system-packages venv clean
 
@@ -19,9 +20,12 @@ venv: system-packages $(STAMP)
 
 system-packages:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
-	  else echo "Missing Debian packages:$$missing. Run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	arm64=$$(dpkg --print-foreign-architectures | grep -qx arm64 || echo no); \
+	if [ -n "$$missing" ] || [ -n "$$arm64" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    dpkg --add-architecture arm64 && apt-get update -q && \
+	    { [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	  else echo "Run: sudo dpkg --add-architecture arm64 && sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -47,14 +48,12 @@ INPUT_SIGNATURE = "bnn_input_signature"
 
 
 def _with_input_signature(mod: tvm.IRModule) -> tvm.IRModule:
-    """Add a function returning the inputs' shapes and dtypes, so `bnn-tvm run` can make inputs."""
-    entries = []
-    for param in mod["main"].params:
-        ty = param.ty
-        entries.append(relax.Tuple([relax.ShapeExpr([int(d) for d in ty.shape.values]), tvm.ir.StringImm(str(ty.dtype))]))
-    mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    signature = relax.Function([], relax.Tuple(entries), is_pure=True)
-    mod[INPUT_SIGNATURE] = signature.with_attr("global_symbol", INPUT_SIGNATURE)
+    """Add a function returning the inputs' shapes and dtypes (as JSON, which crosses RPC as a plain
+    string), so that `bnn-tvm run` can make inputs for a model it did not build."""
+    signature = [[[int(d) for d in p.ty.shape.values], str(p.ty.dtype)] for p in mod["main"].params]
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    function = relax.Function([], tvm.ir.StringImm(json.dumps(signature)), is_pure=True)
+    mod[INPUT_SIGNATURE] = function.with_attr("global_symbol", INPUT_SIGNATURE)
     return mod
 
 

@@ -23,9 +23,12 @@ def _compile(args) -> int:
 
 
 def _run(args) -> int:
-    from .runtime import load, median_ms
+    from .runtime import load, load_remote, median_ms
 
-    model = load(args.model)
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
+        return 2
+    model = load_remote(args.model, args.rpc_tracker, args.rpc_key) if args.rpc_tracker else load(args.model)
     if args.input:
         x = np.load(args.input)
     else:
@@ -45,6 +48,37 @@ def _run(args) -> int:
     if args.repeat:
         times = model.time(x, repeat=args.repeat)
         print(f"median latency {median_ms(times):.3f} ms over {args.repeat} runs")
+    return 0
+
+
+def _tracker(args) -> int:
+    from . import board
+
+    if args.action == "start":
+        pid = board.start_tracker(args.port, args.host)
+        print(f"tracker listening on {args.host}:{args.port} (pid {pid})")
+    else:
+        stopped = board.stop_tracker(args.port)
+        print(f"tracker on port {args.port} {'stopped' if stopped else 'was not running'}")
+    return 0
+
+
+def _board(args) -> int:
+    from . import board
+
+    if args.action == "start":
+        if args.emulate != "aarch64":
+            print("error: --emulate aarch64 is the board bnn-tvm can emulate; a real board runs "
+                  "`python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` itself", file=sys.stderr)
+            return 2
+        if not args.tracker or not args.key:
+            print("error: board start needs --tracker HOST:PORT and --key KEY", file=sys.stderr)
+            return 2
+        pid = board.start_emulated_board(args.tracker, args.key, port=args.port, host=args.host)
+        print(f"emulated aarch64 board {args.key!r} ready, registered with {args.tracker} (pid {pid})")
+    else:
+        stopped = board.stop_board(args.key)
+        print(f"board {args.key!r} {'stopped' if stopped else 'was not running'}")
     return 0
 
 
@@ -77,7 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--output", help="write the output to this .npy")
     run_cmd.add_argument("--repeat", type=int, default=0, help="time N runs and print the median latency")
     run_cmd.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    run_cmd.add_argument("--rpc-tracker", help="run on a board registered with this tracker (HOST:PORT)")
+    run_cmd.add_argument("--rpc-key", help="the board's key at the tracker")
     run_cmd.set_defaults(func=_run)
+
+    tracker_cmd = commands.add_parser("tracker", help="start or stop a TVM RPC tracker",
+                                      description="Start (in the background) or stop TVM's RPC tracker.")
+    tracker_cmd.add_argument("action", choices=["start", "stop"])
+    tracker_cmd.add_argument("--port", type=int, default=9190, help="port (default 9190)")
+    tracker_cmd.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    tracker_cmd.set_defaults(func=_tracker)
+
+    board_cmd = commands.add_parser("board", help="start or stop an emulated ARM board",
+                                    description="Start an emulated aarch64 board (qemu) running TVM's RPC server, "
+                                                "registered with a tracker; or stop it.")
+    board_cmd.add_argument("action", choices=["start", "stop"])
+    board_cmd.add_argument("--emulate", default="aarch64", help="the board to emulate (aarch64)")
+    board_cmd.add_argument("--tracker", help="the tracker, HOST:PORT")
+    board_cmd.add_argument("--key", required=True, help="the key the board registers under")
+    board_cmd.add_argument("--port", type=int, default=9090, help="first port the server tries (default 9090)")
+    board_cmd.add_argument("--host", default="127.0.0.1", help="address the server binds (default 127.0.0.1)")
+    board_cmd.set_defaults(func=_board)
     return parser
 
 
@@ -85,7 +139,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad model, target or input: say what, not a traceback
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # say what went wrong, not a traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
-import time
 
 import numpy as np
 import tvm
@@ -27,20 +27,15 @@ class CompiledModel:
         """Shape and dtype of the first input, as recorded by ``bnn_tvm.compile``."""
         from .build import INPUT_SIGNATURE
 
-        (shape, dtype), *_ = self.vm[INPUT_SIGNATURE]()
-        return tuple(int(d) for d in shape), str(dtype)
+        (shape, dtype), *_ = json.loads(str(self.vm[INPUT_SIGNATURE]()))
+        return tuple(shape), dtype
 
-    def time(self, *inputs: np.ndarray, repeat: int = 10, warmup: int = 2) -> list[float]:
-        """Wall-clock seconds of ``repeat`` calls (after ``warmup``), inputs already on the device."""
+    def time(self, *inputs: np.ndarray, repeat: int = 10) -> list[float]:
+        """Seconds of ``repeat`` calls, measured on the device (over RPC, without the RPC round trip)."""
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
-        for _ in range(warmup):
-            self._main(*args)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._main(*args)
-            times.append(time.perf_counter() - start)
-        return times
+        self._main(*args)  # warm up: first-touch of weights and the thread pool
+        timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat)
+        return list(timer(*args).results)
 
 
 def _to_numpy(value):
@@ -52,6 +47,20 @@ def _to_numpy(value):
 def load(path: str | os.PathLike) -> CompiledModel:
     """Load a .so made by ``bnn_tvm.compile(...).export_library(path)`` on this machine."""
     return CompiledModel(tvm.runtime.load_module(os.fspath(path)))
+
+
+def load_remote(path: str | os.PathLike, tracker: str, key: str, session_timeout: int = 600) -> CompiledModel:
+    """Upload a .so to a board reached through an RPC tracker (``HOST:PORT``) and load it there."""
+    from tvm import rpc
+
+    from .board import parse_address
+
+    host, port = parse_address(tracker)
+    session = rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout)
+    session.upload(os.fspath(path))
+    model = CompiledModel(session.load_module(os.path.basename(path)), session.cpu())
+    model.session = session  # keep the connection alive as long as the model
+    return model
 
 
 def median_ms(times: list[float]) -> float:
