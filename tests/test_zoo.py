@@ -45,6 +45,7 @@ def test_zoo_model_agrees_with_lce(case, build_and_load):
     for seed in range(INPUTS):
         x = zoo.random_input((1, case.size, case.size, 3), seed=seed)
         got, expected = compiled(x), interpreter.predict(x)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
         assert got.argmax() == expected.argmax(), f"top-1 differs on input {seed}"
         difference = float(np.abs(got - expected).max())
         worst = max(worst, difference)

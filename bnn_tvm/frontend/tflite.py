@@ -91,10 +91,32 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
         ret = self.bb.normalize(ret)
         outputs = self.get_output_tensors(op)
         if len(outputs) == 1:
+            ret = self._with_declared_shape(ret, outputs[0], index)
             self.exp_tab.set_expr(tflite_frontend.get_tensor_name(self.subgraph, outputs[0].tensor_idx), ret)
         else:
             for i, tensor in enumerate(outputs):
                 self.exp_tab.set_expr(tflite_frontend.get_tensor_name(self.subgraph, tensor.tensor_idx), ret[i])
+
+    def _with_declared_shape(self, expr, tensor, index):
+        """Hold TVM's converters to the output shape the .tflite declares.
+
+        (TVM 0.27's FULLY_CONNECTED keeps a 4-D input's leading axes, [1, 1, 1, N] where TFLite says
+        [1, N].) Same element count: reshape; otherwise fail rather than compute something else.
+        """
+        declared = [int(d) for d in tensor.tensor.ShapeAsNumpy()] if tensor.tensor.ShapeLength() else None
+        ty = expr.ty
+        if not declared or not isinstance(ty, tvm.relax.TensorType) or ty.shape is None:
+            return expr
+        actual = [int(d) for d in ty.shape.values] if all(
+            isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values) else None
+        if actual is None or actual == declared:
+            return expr
+        if int(np.prod(actual)) != int(np.prod(declared)):
+            raise UnsupportedModelError(
+                f"operator {index} ({self._describe(index)}): converted to shape {actual}, "
+                f"but the model declares {declared}"
+            )
+        return self.bb.normalize(tvm.relax.op.reshape(expr, declared))
 
     def _describe(self, index) -> str:
         op = self.subgraph.Operators(index)

@@ -1,0 +1,47 @@
+"""aarch64 builds run on the emulated board (qemu-user, stock TVM RPC server) through a real tracker.
+
+Few and short: a handful of bconv variants that exercise the NEON kernel's paths
+(odd channels, packed hand-off, zero padding, max-pool, int8) and QuickNetSmall.
+qemu's timings are not reported: they rank nothing here.
+"""
+
+import numpy as np
+import pytest
+
+import bnn_tvm
+from bnn_tvm import zoo
+from bnn_tvm.runtime import load_remote
+
+from .test_lce import CASES, input_for
+
+BOARD_CASES = [case for case in CASES if case.name in {
+    "channels33", "channels97", "stride2", "zero-padding", "packed-handoff", "bmaxpool", "int8", "relu6"}]
+
+
+def on_board(model_path, board, tmp_path, name):
+    so = tmp_path / f"{name}-aarch64.so"
+    bnn_tvm.compile(model_path, target="rpi4").export_library(so)
+    return load_remote(so, *board)
+
+
+@pytest.mark.parametrize("case", BOARD_CASES, ids=lambda c: c.name)
+def test_board_is_bitexact_with_host(case, emulated_board, build_and_load, tmp_path):
+    path = zoo.cached_tflite(case)
+    x = input_for(case)
+    remote = on_board(path, emulated_board, tmp_path, case.name)(x)
+    host = build_and_load(path)(x)
+    np.testing.assert_array_equal(remote, host)
+    np.testing.assert_array_equal(remote, zoo.lce_interpreter(path).predict(x))
+
+
+def test_quicknet_small_on_board_matches_lce(emulated_board, tmp_path):
+    case = zoo.ZooCase("QuickNetSmall-64", "QuickNetSmall", size=64)
+    path = zoo.cached_tflite(case)
+    model = on_board(path, emulated_board, tmp_path, case.name)
+    interpreter = zoo.lce_interpreter(path)
+    for seed in range(3):
+        x = zoo.random_input((1, 64, 64, 3), seed=seed)
+        got, expected = model(x), interpreter.predict(x)
+        assert got.shape == expected.shape
+        assert got.argmax() == expected.argmax()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # float layers: rounding only (test_zoo)
