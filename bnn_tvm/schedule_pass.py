@@ -20,27 +20,39 @@ class ScheduleNotFound(RuntimeError):
     pass
 
 
-def _tagged_blocks(sch: s_tir.Schedule):
-    root = sch.get_sblock("root")
-    tagged, others = [], []
-    for block in sch.get_child_blocks(root):
-        rule = sch.get(block).annotations.get("schedule_rule")
-        (tagged if rule is not None else others).append((block, None if rule is None else str(rule)))
-    return tagged, others
+def rule_of(block: s_tir.SBlock) -> str | None:
+    """The strategy rule for a block: its ``schedule_rule`` if it is one of ours, else ``topi:<name>``
+    for the TE computes TVM's own ops produce (named after their topi compute)."""
+    rule = block.annotations.get("schedule_rule")
+    if rule is not None and str(rule) in strategies.known_rules():
+        return str(rule)
+    return f"topi:{block.name_hint}"
 
 
 def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
-    """``func`` scheduled for ``target``: rule-tagged blocks by their strategy, the rest generically."""
+    """``func`` scheduled for ``target``: its anchor block by its strategy, the rest generically.
+
+    The anchor is the block our binary ops tag, or else the first block of a TVM op for which a
+    strategy exists (a float convolution, say). A binary op without an applicable schedule is an
+    error; a float op without one gets the generic CPU schedule.
+    """
     sch = s_tir.Schedule(func)
-    tagged, others = _tagged_blocks(sch)
-    ours = [(block, rule) for block, rule in tagged if rule in strategies.known_rules()]
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    rules = [(block, rule_of(sch.get(block))) for block in blocks]
+    ours = [(block, rule) for block, rule in rules if not rule.startswith("topi:")]
     for block, rule in ours:
-        choices = strategies.candidates(rule, target)
-        if not any(choice(sch, block) for choice in choices):
+        if not any(choice(sch, block) for choice in strategies.candidates(rule, target)):
             raise ScheduleNotFound(f"no schedule for rule {rule!r} on target keys {list(target.keys)}")
-    if not ours:  # TVM's own ops (their rules name MetaSchedule templates we do not use here)
-        for block, _ in tagged + others:
-            schedule_generic(sch, block)
+    if ours:
+        return sch.mod["main"]
+    for block, rule in rules:
+        choices = strategies.candidates(rule, target)
+        if choices:
+            trial = sch.copy()
+            if any(choice(trial, trial.get_sblock(sch.get(block).name_hint)) for choice in choices):
+                return trial.mod["main"]
+    for block in blocks:
+        schedule_generic(sch, block)
     return sch.mod["main"]
 
 

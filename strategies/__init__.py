@@ -42,6 +42,7 @@ def known_rules() -> set[str]:
     return {rule for rule, _ in _REGISTRY}
 
 
+
 def _load_schedules() -> None:
     # Importing the schedule modules registers them.
     from ..schedules import arm_cpu, x86  # noqa: F401

@@ -1,0 +1,54 @@
+"""x86 schedule of the float NHWC convolutions TVM's TFLite frontend emits (topi's
+``conv2d_nhwc`` and ``group_conv2d_nhwc``, which covers depthwise).
+
+A BNN keeps its stem, its transition and its depthwise convolutions in float;
+left to the generic schedule they take most of a QuickNet's time. Same shape of
+kernel as the binary one: rows in parallel, a tile of output columns in
+registers, output channels as the vector lanes (HWIO weights are contiguous in
+the output channel), the bias/activation epilogue applied to the tile.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from ...strategies import register
+from ._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+
+COLUMN_TILES = (4, 7, 2)
+LANES = (16, 8, 4)
+
+
+@register("topi:conv2d_nhwc", ("cpu",))
+@register("topi:group_conv2d_nhwc", ("cpu",))
+def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> bool:
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        return False
+    n, h, w, c, *reduction = loops
+    lanes = largest_divisor(extent(sch, c), LANES)
+    if lanes == 1:
+        return False
+    # Step 1: the padded copy of the input, in parallel (inlined when it pads nothing).
+    pad = blocks_by_name(sch).get("pad_temp")
+    if pad is not None:
+        try:
+            sch.compute_inline(pad)
+        except s_tir.ScheduleError:
+            parallel_rows(sch, pad)
+    # Step 2: tile columns x channels; rows parallel; reductions outside the register tile.
+    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
+    w_outer, w_inner = sch.split(w, [None, col_tile])
+    c_outer, c_inner = sch.split(c, [None, lanes])
+    sch.reorder(n, h, w_outer, c_outer, *reduction, w_inner, c_inner)
+    sch.parallel(sch.fuse(n, h))
+    # Step 3: accumulate in registers; the epilogue (bias, activation) runs on the tile.
+    tile = sch.cache_write(conv, 0, "local")
+    inline_epilogues(sch, tile)
+    sch.reverse_compute_at(tile, c_outer)
+    sch.vectorize(c_inner)
+    sch.unroll(w_inner)
+    init = sch.decompose_reduction(conv, reduction[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(tile)[-1])
+    return True
