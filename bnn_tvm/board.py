@@ -107,6 +107,13 @@ def stop_tracker(port: int) -> bool:
     return _stop("tracker", str(port))
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for tests and demos that start their own tracker)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _accepts(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -41,7 +41,7 @@ def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pr
     rules = [(block, rule_of(sch.get(block))) for block in blocks]
     ours = [(block, rule) for block, rule in rules if not rule.startswith("topi:")]
     for block, rule in ours:
-        if not any(choice(sch, block) for choice in strategies.candidates(rule, target)):
+        if not any(choice(sch, block) is not None for choice in strategies.candidates(rule, target)):
             raise ScheduleNotFound(f"no schedule for rule {rule!r} on target keys {list(target.keys)}")
     if ours:
         return sch.mod["main"]
@@ -49,7 +49,7 @@ def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pr
         choices = strategies.candidates(rule, target)
         if choices:
             trial = sch.copy()
-            if any(choice(trial, trial.get_sblock(sch.get(block).name_hint)) for choice in choices):
+            if any(choice(trial, trial.get_sblock(sch.get(block).name_hint)) is not None for choice in choices):
                 return trial.mod["main"]
     for block in blocks:
         schedule_generic(sch, block)

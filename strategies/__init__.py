@@ -2,8 +2,10 @@
 
 TE computes of the binary ops carry ``schedule_rule``; for each rule this
 registry keeps, per target key (``arm_cpu``, ``cpu``, ...), an ordered list of
-schedule functions ``fn(sch, block) -> bool``. A function returns False where it
-does not apply, so the first applicable one wins (as in TVM's dlight). Target
+schedule functions ``fn(sch, block)``. A function returns None where it does
+not apply and the schedule where it did, so the first applicable one wins (as
+in TVM's dlight). TVM's own ops are found by their topi block name,
+``topi:<name>``. Target
 keys are tried in the target's own order, most specific first.
 """
 
@@ -14,7 +16,7 @@ from typing import Callable
 import tvm
 from tvm import s_tir
 
-ScheduleFn = Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]
+ScheduleFn = Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], "s_tir.Schedule | None"]
 
 _REGISTRY: dict[tuple[str, str], list[ScheduleFn]] = {}
 
@@ -45,7 +47,9 @@ def known_rules() -> set[str]:
 
 def _load_schedules() -> None:
     # Importing the schedule modules registers them.
-    from ..schedules import arm_cpu, x86  # noqa: F401
+    from ..schedules import arm_cpu, generic, x86  # noqa: F401
+
+    generic.register_all()
 
 
 _load_schedules()

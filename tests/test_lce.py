@@ -87,3 +87,13 @@ def test_unknown_custom_op_is_named_with_its_index(tmp_path):
         from_tflite(broken)
     message = str(err.value)
     assert "LceBMinPool2d" in message and "operator 2" in message and "LceBMaxPool2d" in message
+
+
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in {"channels97", "packed-handoff", "zero-padding",
+                                                                 "int8", "bmaxpool"}], ids=lambda c: c.name)
+def test_x86_presets_are_bitexact(case, target, build_and_load):
+    """The AVX2 (popcount by nibble lookup) and AVX-512 (VPOPCNTD) builds both run here."""
+    path = zoo.cached_tflite(case)
+    x = input_for(case)
+    np.testing.assert_array_equal(build_and_load(path, target=target)(x), zoo.lce_interpreter(path).predict(x))

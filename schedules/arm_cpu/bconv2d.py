@@ -14,7 +14,7 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import RULE
 from ...strategies import register
-from ..x86._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
 from .intrin import popcount_acc_intrin
 
 COLUMN_TILES = (4, 2)
@@ -22,9 +22,9 @@ CHANNEL_TILE = 4
 
 
 @register(RULE, ("arm_cpu",))
-def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> bool:
+def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     if sch.get(lanes).name_hint != "bconv2d_lanes":
-        return False  # the "words" accumulation: the generic CPU schedule serves it
+        return None  # the "words" accumulation: the generic CPU schedule serves it
     blocks = blocks_by_name(sch)
     accum, output = blocks["bconv2d_accum"], blocks["bconv2d_output"]
     # Step 1: padding and group re-layout of the input, parallel over rows.
@@ -53,4 +53,4 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> bool:
     sch.reverse_compute_at(accum, o_outer)
     sch.reverse_compute_at(output, o_outer)
     sch.compute_inline(tile)
-    return True
+    return sch

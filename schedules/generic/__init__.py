@@ -3,3 +3,8 @@
 from .parallel import schedule_generic
 
 __all__ = ["schedule_generic"]
+
+
+def register_all() -> None:
+    # Importing registers the float-layer schedules with the strategy registry.
+    from . import conv2d  # noqa: F401

@@ -11,11 +11,11 @@ from tvm import s_tir
 MAX_VECTOR_LANES = 16
 
 
-def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
     """Parallelize the outermost data-parallel loops of ``block``'s nest and vectorize its innermost one."""
     loops = sch.get_loops(block)
     if not loops:
-        return True
+        return
     block_stmt = sch.get(block)
     spatial = [iv.iter_type == 0 for iv in block_stmt.iter_vars]  # 0: data parallel
     # Step 1: parallel over the leading loops that are data parallel (bound to spatial iterators).
@@ -29,7 +29,7 @@ def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> boo
     elif leading == 1:
         outer = loops[0]
     else:
-        return True
+        return
     try:
         sch.parallel(outer)
     except s_tir.ScheduleError:
@@ -43,4 +43,4 @@ def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> boo
             sch.vectorize(inner)
         except s_tir.ScheduleError:
             pass
-    return True
+    return

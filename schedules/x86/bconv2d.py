@@ -13,17 +13,17 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
 from ...strategies import register
-from ._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
 
 COLUMN_TILES = (4, 3, 2)
 
 
 @register(RULE, ("cpu",))
-def schedule_bconv2d(sch: s_tir.Schedule, accum) -> bool:
+def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     blocks = blocks_by_name(sch)
     output = blocks.get("bconv2d_output")
     if output is None:
-        return False
+        return None
     # Step 1: the zero-word padding of the input, parallel over rows.
     if "bconv2d_pad" in blocks:
         parallel_rows(sch, blocks["bconv2d_pad"])
@@ -50,4 +50,4 @@ def schedule_bconv2d(sch: s_tir.Schedule, accum) -> bool:
     # Step 5: the output transform consumes the tile in place.
     sch.reverse_compute_at(output, o_outer)
     sch.compute_inline(tile)
-    return True
+    return sch

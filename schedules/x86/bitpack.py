@@ -10,7 +10,7 @@ from tvm import s_tir
 
 from ...relay_ops.bitpack import DEQUANTIZE_RULE, QUANTIZE_RULE
 from ...strategies import register
-from ._util import extent, parallel_rows
+from ..generic._util import extent, parallel_rows
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:
@@ -22,7 +22,7 @@ def _inline_producers(sch: s_tir.Schedule, block) -> None:
 
 
 @register(QUANTIZE_RULE, ("cpu",))
-def schedule_quantize(sch: s_tir.Schedule, block) -> bool:
+def schedule_quantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     # Step 1: compute fused elementwise producers in place.
     _inline_producers(sch, block)
     loops = sch.get_loops(block)
@@ -31,11 +31,11 @@ def schedule_quantize(sch: s_tir.Schedule, block) -> bool:
     if len(loops) > 2:
         parallel_rows(sch, block, min(len(loops) - 2, 2))
     sch.unroll(sch.get_loops(block)[-1])
-    return True
+    return sch
 
 
 @register(DEQUANTIZE_RULE, ("cpu",))
-def schedule_dequantize(sch: s_tir.Schedule, block) -> bool:
+def schedule_dequantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     loops = sch.get_loops(block)
     if len(loops) > 1:
         parallel_rows(sch, block, min(len(loops) - 1, 2))
@@ -43,4 +43,4 @@ def schedule_dequantize(sch: s_tir.Schedule, block) -> bool:
     if extent(sch, inner) >= 32 and extent(sch, inner) % 32 == 0:
         _, lanes = sch.split(inner, [None, 32])
         sch.vectorize(lanes)
-    return True
+    return sch

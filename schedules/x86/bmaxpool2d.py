@@ -6,13 +6,13 @@ from tvm import s_tir
 
 from ...relay_ops.bmaxpool2d import RULE
 from ...strategies import register
-from ._util import parallel_rows
+from ..generic._util import parallel_rows
 
 
 @register(RULE, ("cpu",))
-def schedule_bmaxpool2d(sch: s_tir.Schedule, block) -> bool:
+def schedule_bmaxpool2d(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     n, h, w, c, p, q = sch.get_loops(block)
     # Step 1: window loops outside the word loop, so the words vectorize.
     sch.reorder(n, h, w, p, q, c)
     parallel_rows(sch, block)
-    return True
+    return sch

@@ -1,10 +1,10 @@
-"""Small helpers shared by the x86 schedules."""
+"""Small helpers shared by the schedules of every target family."""
 
 from __future__ import annotations
 
 from tvm import s_tir
 
-from ..generic import schedule_generic
+from .parallel import schedule_generic
 
 
 def blocks_by_name(sch: s_tir.Schedule) -> dict[str, s_tir.schedule.SBlockRV]:

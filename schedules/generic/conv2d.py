@@ -1,4 +1,4 @@
-"""x86 schedule of the float NHWC convolutions TVM's TFLite frontend emits (topi's
+"""CPU schedule (x86 and ARM) of the float NHWC convolutions TVM's TFLite frontend emits (topi's
 ``conv2d_nhwc`` and ``group_conv2d_nhwc``, which covers depthwise).
 
 A BNN keeps its stem, its transition and its depthwise convolutions in float;
@@ -21,14 +21,14 @@ LANES = (16, 8, 4)
 
 @register("topi:conv2d_nhwc", ("cpu",))
 @register("topi:group_conv2d_nhwc", ("cpu",))
-def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> bool:
+def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> s_tir.Schedule | None:
     loops = sch.get_loops(conv)
     if len(loops) != 7:
-        return False
+        return None
     n, h, w, c, *reduction = loops
     lanes = largest_divisor(extent(sch, c), LANES)
     if lanes == 1:
-        return False
+        return None
     # Step 1: the padded copy of the input, in parallel (inlined when it pads nothing).
     pad = blocks_by_name(sch).get("pad_temp")
     if pad is not None:
@@ -51,4 +51,4 @@ def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> bool:
     init = sch.decompose_reduction(conv, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(tile)[-1])
-    return True
+    return sch
