@@ -43,4 +43,3 @@ def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Non
             sch.vectorize(inner)
         except s_tir.ScheduleError:
             pass
-    return
