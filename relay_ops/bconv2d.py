@@ -198,7 +198,7 @@ def _infer_type(call: relax.Call) -> relax.TensorType:
     if len(call.args) != 2 + len(expected):
         names = ", ".join(name for name, _ in expected)
         raise BnnOpError(OP, "inputs", f"{attrs['out_dtype']} output takes input, filter, {names}")
-    for arg, (name, dtype) in zip(call.args[2:], expected):
+    for arg, (name, dtype) in zip(call.args[2:], expected, strict=True):
         shape, arg_dtype = static_shape(OP, name, arg)
         expect_dtype(OP, name, arg_dtype, (dtype,))
         if shape != [geometry.channels_out]:

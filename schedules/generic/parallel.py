@@ -18,18 +18,12 @@ def schedule_generic(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Non
         return
     block_stmt = sch.get(block)
     spatial = [iv.iter_type == 0 for iv in block_stmt.iter_vars]  # 0: data parallel
-    # Step 1: parallel over the leading loops that are data parallel (bound to spatial iterators).
-    leading = 0
-    for loop, is_spatial in zip(loops, spatial):
-        if not is_spatial:
-            break
-        leading += 1
-    if leading > 1:
-        outer = sch.fuse(*loops[: min(leading - 1, 2)])
-    elif leading == 1:
-        outer = loops[0]
-    else:
+    # Step 1: parallel over up to two leading data-parallel loops, keeping the innermost one for Step 2.
+    leading = next((i for i, is_spatial in enumerate(spatial) if not is_spatial), len(spatial))
+    if leading == 0:
         return
+    count = max(1, min(leading - 1, 2))
+    outer = sch.fuse(*loops[:count]) if count > 1 else loops[0]
     try:
         sch.parallel(outer)
     except s_tir.ScheduleError:
