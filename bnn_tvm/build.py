@@ -14,17 +14,33 @@ from . import targets as _targets
 from .schedule_pass import apply_default_schedules
 
 
-def _pipeline(target: tvm.target.Target):
-    """TVM's CPU pipeline with our schedules applied between fusion and lowering."""
+def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """The graph up to fused TIR functions, before scheduling: what compiling and tuning share."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with target:
+        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _pipeline(target: tvm.target.Target, tuning_records: str | os.PathLike | None = None, report=None):
+    """TVM's CPU pipeline with our schedules applied between fusion and lowering.
+
+    Functions with a record in ``tuning_records`` (a MetaSchedule database folder) get its best
+    schedule; the rest get the default schedules. ``report(tuned, total)`` hears how many were tuned.
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="bnn_tvm.Pipeline")
     def _run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = legalize(mod, target)
         with target:
+            if tuning_records is not None:
+                from .tuning import apply_tuning_records
+
+                mod = apply_tuning_records(mod, target, tuning_records, report)
             passes = (
-                cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)
-                + [apply_default_schedules(target)]
+                [apply_default_schedules(target)]
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )
@@ -82,9 +98,14 @@ class Artifact:
         return path
 
 
-def compile(model, target="host") -> Artifact:  # noqa: A001 - mirrors tvm.compile
-    """Compile a model (.tflite path or bytes, or a Relax IRModule) for ``target``."""
+def compile(model, target="host", tuning_records=None, report=None) -> Artifact:  # noqa: A001 - as tvm.compile
+    """Compile a model (.tflite path or bytes, or a Relax IRModule) for ``target``.
+
+    ``tuning_records``: a folder written by ``bnn_tvm.tune``; its best schedules replace the defaults for
+    the functions it has records of, and ``report(tuned, total)`` is told how many that was.
+    """
     mod = _with_input_signature(load_model(model))
     tvm_target, preset = _targets.resolve(target)
-    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(tvm_target))
+    pipeline = _pipeline(tvm_target, tuning_records, report)
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     return Artifact(executable, tvm_target, preset)

@@ -16,9 +16,26 @@ def _compile(args) -> int:
     if args.target not in presets():
         print(f"error: unknown target {args.target!r}; presets: {', '.join(sorted(presets()))}", file=sys.stderr)
         return 2
-    artifact = compile_model(Path(args.model), target=args.target)
+    def report(tuned, total):
+        print(f"{tuned} of {total} kernels use tuned schedules from {args.tuning_records}; "
+              f"the rest use the default schedules")
+
+    artifact = compile_model(Path(args.model), target=args.target, tuning_records=args.tuning_records,
+                             report=report)
     out = artifact.export_library(args.output)
     print(f"compiled {args.model} for {args.target} ({artifact.target.attrs.get('mcpu', '')}) -> {out}")
+    return 0
+
+
+def _tune(args) -> int:
+    from .tuning import tune
+
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
+        return 2
+    log_dir = tune(Path(args.model), target=args.target, trials=args.trials, log_dir=args.log,
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary)
+    print(f"tuning records in {log_dir}; use them with `bnn-tvm compile ... --tuning-records {log_dir}`")
     return 0
 
 
@@ -102,7 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cmd.add_argument("model", help="an LCE-converted (or plain) .tflite file")
     compile_cmd.add_argument("--target", default="host", help="target preset (default: host)")
     compile_cmd.add_argument("-o", "--output", required=True, help="the .so to write")
+    compile_cmd.add_argument("--tuning-records", help="a folder written by `bnn-tvm tune`: use its best schedules")
     compile_cmd.set_defaults(func=_compile)
+
+    tune_cmd = commands.add_parser("tune", help="tune a model's kernels for a target (MetaSchedule, XGBoost)",
+                                   description="Search faster schedules for a model's kernels, locally or on a "
+                                               "board through an RPC tracker; records go to --log and resume "
+                                               "from there.")
+    tune_cmd.add_argument("model", help="an LCE-converted (or plain) .tflite file")
+    tune_cmd.add_argument("--target", default="host", help="target preset (default: host)")
+    tune_cmd.add_argument("--trials", type=int, default=64, help="measurements per kernel (default 64)")
+    tune_cmd.add_argument("--log", required=True, help="folder of the tuning database (created; resumed)")
+    tune_cmd.add_argument("--rpc-tracker", help="measure on a board registered with this tracker (HOST:PORT)")
+    tune_cmd.add_argument("--rpc-key", help="the board's key at the tracker")
+    tune_cmd.add_argument("--only-binary", action="store_true", help="tune the binary kernels only")
+    tune_cmd.set_defaults(func=_tune)
 
     run_cmd = commands.add_parser("run", help="run a compiled .so",
                                   description="Run a compiled model on this machine.")

@@ -29,6 +29,13 @@ def rule_of(block: s_tir.SBlock) -> str | None:
     return f"topi:{block.name_hint}"
 
 
+def is_binary_task(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` is a kernel of one of our binary ops (a block carries one of our rules)."""
+    sch = s_tir.Schedule(func)
+    return any(not rule_of(sch.get(block)).startswith("topi:")
+               for block in sch.get_child_blocks(sch.get_sblock("root")))
+
+
 def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
     """``func`` scheduled for ``target``: its anchor block by its strategy, the rest generically.
 

@@ -45,11 +45,37 @@ def known_rules() -> set[str]:
 
 
 
+# Keys a target can carry, most specific first: an ARM rule that does not apply falls back to the CPU one.
+_KEY_ORDER = {"arm_cpu": ("arm_cpu", "cpu"), "cpu": ("cpu",)}
+META_SCHEDULE_PREFIX = "s_tir.meta_schedule"
+
+
+def _register_with_meta_schedule() -> None:
+    """Expose our rules to MetaSchedule: the same functions are its search spaces.
+
+    MetaSchedule's ApplyCustomRule calls ``s_tir.meta_schedule.<key>.<rule>(sch, block)`` for blocks
+    tagged ``schedule_rule`` and expects the list of schedules (design spaces) it made.
+    """
+    for rule, key in list(_REGISTRY):
+        if rule.startswith("topi:"):
+            continue
+        chain = [fn for k in _KEY_ORDER.get(key, (key,)) for fn in _REGISTRY.get((rule, k), [])]
+
+        def space(sch, block, chain=chain):
+            for fn in chain:
+                if fn(sch, block) is not None:
+                    return [sch]
+            return []
+
+        tvm.register_global_func(f"{META_SCHEDULE_PREFIX}.{key}.{rule}", space, override=True)
+
+
 def _load_schedules() -> None:
     # Importing the schedule modules registers them.
     from ..schedules import arm_cpu, generic, x86  # noqa: F401
 
     generic.register_all()
+    _register_with_meta_schedule()
 
 
 _load_schedules()

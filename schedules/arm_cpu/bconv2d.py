@@ -33,9 +33,12 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 2: tile pixels x channels x lanes; rows parallel.
+    # Knob: the column tile (default: the largest of COLUMN_TILES dividing the width).
     n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
-    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
-    w_outer, w_inner = sch.split(w, [None, col_tile])
+    width = extent(sch, w)
+    default_tile = largest_divisor(width, COLUMN_TILES)
+    columns = sch.sample_perfect_tile(w, n=2, max_innermost_factor=8, decision=[width // default_tile, default_tile])
+    w_outer, w_inner = sch.split(w, columns)
     o_outer, o_inner = sch.split(o, [None, CHANNEL_TILE])
     sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
     sch.parallel(sch.fuse(n, h))

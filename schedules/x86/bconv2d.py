@@ -16,6 +16,7 @@ from ...strategies import register
 from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
 
 COLUMN_TILES = (4, 3, 2)
+UNROLL_STEPS = (0, 16, 64, 512)
 
 
 @register(RULE, ("cpu",))
@@ -31,9 +32,13 @@ def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 3: tile the accumulator: rows parallel, columns x one word of channels in registers.
+    # Knob: the column tile (a perfect split, so no remainder loop); the default is the largest of
+    # COLUMN_TILES dividing the width, which is what the untuned build uses.
     n, h, w, o, p, q, c = sch.get_loops(accum)
-    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
-    w_outer, w_inner = sch.split(w, [None, col_tile])
+    width = extent(sch, w)
+    default_tile = largest_divisor(width, COLUMN_TILES)
+    columns = sch.sample_perfect_tile(w, n=2, max_innermost_factor=8, decision=[width // default_tile, default_tile])
+    w_outer, w_inner = sch.split(w, columns)
     o_outer, o_inner = sch.split(o, [None, CHANNEL_BLOCK])
     sch.reorder(n, h, w_outer, o_outer, p, q, c, w_inner, o_inner)
     rows = sch.fuse(n, h)
@@ -44,6 +49,11 @@ def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     sch.reverse_compute_at(tile, o_outer)
     sch.vectorize(o_inner)
     sch.unroll(w_inner)
+    # Knob: how far to unroll the reduction over kernel taps and words (a loop pragma, so that replaying
+    # the trace with another decision changes it); default: not at all.
+    unroll_steps = sch.sample_categorical(UNROLL_STEPS, [1 / len(UNROLL_STEPS)] * len(UNROLL_STEPS), decision=0)
+    sch.annotate(p, "pragma_auto_unroll_max_step", unroll_steps)
+    sch.annotate(p, "pragma_unroll_explicit", 1)
     init = sch.decompose_reduction(accum, p)
     sch.vectorize(sch.get_loops(init)[-1])
 

@@ -1,0 +1,171 @@
+"""tune(): search the schedules of a model's kernels with MetaSchedule, locally or on a board.
+
+The search spaces are our schedule rules themselves (registered with MetaSchedule
+by ``strategies``): their ``sample_perfect_tile`` / ``sample_categorical`` knobs
+default to what the untuned build uses, and MetaSchedule's evolutionary search,
+guided by its XGBoost cost model, varies them. Float kernels (TVM's own ops)
+are tuned with MetaSchedule's default CPU rules unless ``only_binary``.
+
+The records go to a MetaSchedule JSON database in the log folder. Tuning again
+with the same folder resumes: the records already there seed the search and
+count as found. ``compile(..., tuning_records=folder)`` applies the best ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from . import targets as _targets
+from .board import parse_address
+from .build import legalize, load_model
+from .schedule_pass import is_binary_task
+
+# Building a candidate on 2 cores can take a while; a board over qemu even longer to run it.
+BUILD_TIMEOUT_SEC = 120
+RUN_TIMEOUT_SEC = 120
+
+
+def _binary_space() -> ms.space_generator.PostOrderApply:
+    """Only our rule for blocks it tags; nothing else rewrites what it scheduled."""
+    return ms.space_generator.PostOrderApply(
+        sch_rules=[ms.schedule_rule.ApplyCustomRule()],
+        postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteReductionBlock()],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
+def _search(trials: int) -> ms.search_strategy.EvolutionarySearch:
+    """MetaSchedule's evolutionary search, its population scaled to the trial budget: the default
+    (512, 4 generations) spends minutes per batch on 2 cores for spaces of a few knobs."""
+    population = max(32, min(512, 8 * trials))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population // 2), genetic_num_iters=2)
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Prints, after each batch of measurements: the task, trials done of its budget, best latency so far."""
+
+    def __init__(self, names: list[str], budget: int, say):
+        self.names, self.budget, self.say = names, budget, say
+        self.done = [0] * len(names)
+        self.best = [float("inf")] * len(names)
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        for result in runner_results:
+            self.done[task_id] += 1
+            if result.error_msg is None and result.run_secs:
+                seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                self.best[task_id] = min(self.best[task_id], seconds)
+        failed = sum(r.error_msg is not None for r in runner_results)
+        best = self.best[task_id]
+        self.say(f"[{self.names[task_id]}] {self.done[task_id]}/{self.budget} trials, best "
+                 + (f"{best * 1e6:.1f} us" if best < float("inf") else "none yet")
+                 + (f" ({failed} of this batch failed)" if failed else ""))
+
+
+def build_candidate(mod, target, _params):
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin``, which registers
+    every vendor's intrinsics and costs each fresh build worker about 20 s here."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.compile(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def export_candidate(mod, cross_compiler: str | None = None) -> str:
+    """Link a candidate into a .so (cross-linked for a board); MetaSchedule's default .tar is relinked
+    at every load and a board cannot link it."""
+    path = os.path.join(tempfile.mkdtemp(prefix="bnn-tvm-candidate-"), "candidate.so")
+    kwargs = {"fcompile": tvm.support.cc.cross_compiler(cross_compiler)} if cross_compiler else {}
+    mod.export_library(path, **kwargs)
+    return path
+
+
+def tune(
+    model,
+    target="host",
+    trials: int = 64,
+    log_dir: str | os.PathLike = "tuning",
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    only_binary: bool = False,
+    trials_per_iter: int = 16,
+    say=print,
+) -> Path:
+    """Tune ``model``'s kernels for ``target``, ``trials`` measurements per task; records go to ``log_dir``.
+
+    With ``rpc_tracker`` (``HOST:PORT``) and ``rpc_key`` the candidates are cross-linked and measured on
+    that board; a board that fails or times out costs the trials it was running, not the run.
+    """
+    tvm_target, preset = _targets.resolve(target)
+    if bool(rpc_tracker) != bool(rpc_key):
+        raise ValueError("rpc_tracker and rpc_key go together")
+    if preset is not None and not preset.runnable_here and not rpc_tracker:
+        raise ValueError(f"target {preset.name} cannot run on this machine: tune it on a board "
+                         f"(--rpc-tracker HOST:PORT --rpc-key KEY)")
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    mod = legalize(load_model(model), tvm_target)
+    extracted = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target)
+                 if not only_binary or is_binary_task(t.dispatched[0]["main"])]
+    if not extracted:
+        raise ValueError("the model has no kernels to tune")
+    contexts, weights = [], []
+    loggers = ms.logging.get_loggers_from_work_dir(str(log_dir), [t.task_name for t in extracted])
+    for task, logger, seed in zip(extracted, loggers, ms.utils.fork_seed(None, n=len(extracted)), strict=True):
+        binary = is_binary_task(task.dispatched[0]["main"])
+        contexts.append(ms.TuneContext(
+            mod=task.dispatched[0], target=task.target,
+            space_generator=_binary_space() if binary else "post-order-apply",
+            search_strategy=_search(trials), task_name=task.task_name, logger=logger, rand_state=seed,
+            num_threads="physical",
+        ).clone())
+        weights.append(float(task.weight))
+    say(f"tuning {len(contexts)} tasks ({sum(is_binary_task(t.dispatched[0]['main']) for t in extracted)} binary), "
+        f"{trials} trials each, records in {log_dir}")
+
+    cross = preset.cross_compiler if preset is not None else None
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SEC, f_build=build_candidate,
+                                      f_export=functools.partial(export_candidate, cross_compiler=cross))
+    if rpc_tracker:
+        host, port = parse_address(rpc_tracker)
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                           session_timeout_sec=RUN_TIMEOUT_SEC),
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, enable_cpu_cache_flush=False),
+        )
+    else:
+        runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1))
+    database = ms.database.JSONDatabase(work_dir=str(log_dir))
+    callbacks = ms.measure_callback.MeasureCallback.create("default") + [
+        _Progress([c.task_name for c in contexts], trials, say)]
+    with tvm_target:  # the schedule rules read it (aarch64 and armv7 use different NEON intrinsics)
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=trials * len(contexts),
+            max_trials_per_task=trials, num_trials_per_iter=min(trials_per_iter, trials), builder=builder,
+            runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
+        )
+    return log_dir
+
+
+def apply_tuning_records(mod: tvm.IRModule, target, log_dir, report=None) -> tvm.IRModule:
+    """Give the functions that ``log_dir``'s database has records of their best tuned schedule."""
+    from tvm import relax
+
+    log_dir = Path(log_dir)
+    if not (log_dir / "database_tuning_record.json").exists():
+        raise FileNotFoundError(f"no tuning records in {log_dir} (expected database_tuning_record.json)")
+    total = sum(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
+    mod = relax.transform.MetaScheduleApplyDatabase(str(log_dir))(mod)
+    tuned = sum(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
+                for _, f in mod.functions_items())
+    if report is not None:
+        report(tuned, total)
+    return mod
