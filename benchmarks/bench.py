@@ -56,7 +56,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def compare(case: zoo.ZooCase, threads: int, runs: int, model) -> dict:
+def compare(case: zoo.ZooCase, threads: int, runs: int, builds: dict) -> dict:
     import tensorflow as tf
 
     x = zoo.random_input((1, case.size, case.size, 3))
@@ -72,7 +72,8 @@ def compare(case: zoo.ZooCase, threads: int, runs: int, model) -> dict:
         return tfl.get_tensor(tfl_out)
 
     device_x = tvm.runtime.tensor(x)
-    runners = {"bnn-tvm": lambda: model.vm["main"](device_x), "LCE": lambda: lce.predict(x), "TFLite": run_tflite}
+    runners = {name: (lambda vm=model.vm: vm["main"](device_x)) for name, model in builds.items()}
+    runners.update({"LCE": lambda: lce.predict(x), "TFLite": run_tflite})
     for fn in runners.values():
         fn()
     samples = collections.defaultdict(list)
@@ -168,34 +169,51 @@ def neon_instructions_per_128_macs() -> float:
     return best / best_chunks if best_chunks else float("nan")
 
 
+def build(case: zoo.ZooCase, tuning_records: str | None = None):
+    """The model compiled for the host (with ``tuning_records`` if given), loaded."""
+    so = Path(tempfile.mkdtemp()) / f"{case.name}{'-tuned' if tuning_records else ''}.so"
+    bnn_tvm.compile(zoo.cached_tflite(case), target="host", tuning_records=tuning_records).export_library(so)
+    return bnn_tvm.load(so)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["QuickNet", "BiRealNet"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--tuning-records", nargs="*", default=[],
+                        help="MODEL=DIR: also run MODEL built with the tuning records in DIR")
     args = parser.parse_args()
+    records = dict(item.split("=", 1) for item in args.tuning_records)
 
     peak = popcount_peak()
     print(f"popcount peak (1 core, TVM-built XOR-popcount loop): {peak / 1e9:.1f} G binary MACs/s")
     print(f"aarch64 NEON bconv hot loop: {neon_instructions_per_128_macs():.2f} instructions per 128 binary MACs")
     for name in args.models:
         case = zoo.ZooCase(f"{name}-{args.size}", name, size=args.size)
-        so = Path(tempfile.mkdtemp()) / f"{case.name}.so"
-        bnn_tvm.compile(zoo.cached_tflite(case), target="host").export_library(so)
-        model = bnn_tvm.load(so)
+        builds = {"bnn-tvm": build(case)}
+        if name in records:
+            builds["tuned"] = build(case, records[name])
         print(f"\n{name} {args.size}x{args.size}, batch 1, median of {args.runs} interleaved runs (ms):")
-        print(f"  {'threads':>7} {'bnn-tvm':>9} {'LCE':>9} {'TFLite':>9} {'vs LCE':>8} {'vs TFLite':>10}")
+        print(f"  {'threads':>7} " + " ".join(f"{n:>9}" for n in builds)
+              + f" {'LCE':>9} {'TFLite':>9} {'vs LCE':>8} {'vs TFLite':>10}" + (f" {'tuned/default':>14}" if
+                                                                               "tuned" in builds else ""))
         for threads in args.threads:
-            ms = compare(case, threads, args.runs, model)
-            print(f"  {threads:>7} {ms['bnn-tvm']:9.2f} {ms['LCE']:9.2f} {ms['TFLite']:9.2f} "
-                  f"{ms['LCE'] / ms['bnn-tvm']:7.1f}x {ms['TFLite'] / ms['bnn-tvm']:9.1f}x")
+            ms = compare(case, threads, args.runs, builds)
+            best = min(ms[n] for n in builds)
+            line = f"  {threads:>7} " + " ".join(f"{ms[n]:9.2f}" for n in builds)
+            line += f" {ms['LCE']:9.2f} {ms['TFLite']:9.2f} {ms['LCE'] / best:7.1f}x {ms['TFLite'] / best:9.1f}x"
+            if "tuned" in builds:
+                line += f" {ms['bnn-tvm'] / ms['tuned']:13.2f}x"
+            print(line)
+        model = builds.get("tuned", builds["bnn-tvm"])
         set_tvm_threads(1)
         layers = per_layer(model, zoo.random_input((1, case.size, case.size, 3)))
         total = sum(ms for _, ms in layers)
         bconv_ms = sum(ms for kernel, ms in layers if "bnn_bconv2d" in kernel)
         rate = bconv_macs(case) / (bconv_ms / 1e3)
-        print(f"  per kernel, 1 thread (total {total:.2f} ms; binary convolutions {bconv_ms:.2f} ms = "
+        print(f"  per kernel of the {'tuned' if 'tuned' in builds else 'default'} build, 1 thread (total {total:.2f} ms; binary convolutions {bconv_ms:.2f} ms = "
               f"{bconv_ms / total * 100:.0f}%, {rate / 1e9:.1f} G binary MACs/s = {rate / peak * 100:.0f}% of peak):")
         for kernel, ms in layers[:12]:
             print(f"    {kernel:40s} {ms:7.3f} ms {ms / total * 100:5.1f}%")

@@ -34,7 +34,8 @@ def _tune(args) -> int:
         print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
         return 2
     log_dir = tune(Path(args.model), target=args.target, trials=args.trials, log_dir=args.log,
-                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary)
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary,
+                   say=lambda message: print(message, flush=True))
     print(f"tuning records in {log_dir}; use them with `bnn-tvm compile ... --tuning-records {log_dir}`")
     return 0
 

@@ -88,6 +88,21 @@ def export_candidate(mod, cross_compiler: str | None = None) -> str:
     return path
 
 
+def create_board_session(rpc_config):
+    """Connect to a board of the key, failing at once if none is registered.
+
+    MetaSchedule's own session request waits for a board with no time limit, so a board that died
+    would hang the tuning forever; this makes its candidates fail (and be recorded as failed).
+    """
+    from .board import BoardError
+
+    tracker = rpc_config.connect_tracker()
+    servers = [s for s in tracker.summary().get("server_info", []) if s.get("key") == f"server:{rpc_config.tracker_key}"]
+    if not servers:
+        raise BoardError(f"no board is registered under key {rpc_config.tracker_key!r} at the tracker")
+    return rpc_config.connect_server()
+
+
 def tune(
     model,
     target="host",
@@ -98,11 +113,13 @@ def tune(
     only_binary: bool = False,
     trials_per_iter: int = 16,
     say=print,
+    run_timeout: float = RUN_TIMEOUT_SEC,
 ) -> Path:
     """Tune ``model``'s kernels for ``target``, ``trials`` measurements per task; records go to ``log_dir``.
 
     With ``rpc_tracker`` (``HOST:PORT``) and ``rpc_key`` the candidates are cross-linked and measured on
-    that board; a board that fails or times out costs the trials it was running, not the run.
+    that board; a board that fails, dies or does not answer within ``run_timeout`` seconds costs the
+    trials it was running (recorded as failed), not the run.
     """
     tvm_target, preset = _targets.resolve(target)
     if bool(rpc_tracker) != bool(rpc_key):
@@ -137,8 +154,9 @@ def tune(
     if rpc_tracker:
         host, port = parse_address(rpc_tracker)
         runner = ms.runner.RPCRunner(
+            f_create_session=create_board_session,
             rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
-                                           session_timeout_sec=RUN_TIMEOUT_SEC),
+                                           session_timeout_sec=int(run_timeout)),
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, enable_cpu_cache_flush=False),
         )
     else:

@@ -79,3 +79,35 @@ def test_board_tuning_through_tracker(emulated_board, tmp_path, build_and_load):
 def test_tuning_a_board_target_needs_a_board(tmp_path):
     with pytest.raises(ValueError, match="rpc-tracker"):
         tune(zoo.cached_tflite(CASE), "rpi4", trials=1, log_dir=tmp_path)
+
+
+def test_board_dying_mid_tuning_costs_trials_not_the_run(tmp_path):
+    """Kill the board once the first batch is measured: tuning finishes, the log stays usable."""
+    from bnn_tvm import board
+
+    port = board.free_port()
+    key = f"doomed-{port}"
+    board.start_tracker(port)
+    try:
+        board.start_emulated_board(f"127.0.0.1:{port}", key, port=board.free_port())
+        messages = []
+
+        def kill_after_first_batch(message):
+            messages.append(message)
+            if "trials, best" in message:
+                board.stop_board(key)
+
+        path = zoo.cached_tflite(CASE)
+        # Two batches per kernel: the first is measured, the board dies, the second finds no board.
+        log_dir = tune(path, "rpi4", trials=2 * TRIALS, log_dir=tmp_path / "log", rpc_tracker=f"127.0.0.1:{port}",
+                       rpc_key=key, only_binary=True, trials_per_iter=TRIALS, say=kill_after_first_batch,
+                       run_timeout=15)
+    finally:
+        board.stop_board(key)
+        board.stop_tracker(port)
+    assert any("failed" in m for m in messages), messages  # later batches failed, and said so
+    database = ms.database.JSONDatabase(work_dir=str(log_dir))  # still loads
+    assert len(database) >= 1
+    reports = []
+    bnn_tvm.compile(path, "rpi4", tuning_records=log_dir, report=lambda t, n: reports.append(t))
+    assert reports[0] >= 1  # the measured kernel's record is used
