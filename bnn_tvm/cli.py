@@ -27,11 +27,17 @@ def _compile(args) -> int:
     return 0
 
 
+def _rpc_flags_paired(args) -> bool:
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
+        return False
+    return True
+
+
 def _tune(args) -> int:
     from .tuning import tune
 
-    if bool(args.rpc_tracker) != bool(args.rpc_key):
-        print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
+    if not _rpc_flags_paired(args):
         return 2
     log_dir = tune(Path(args.model), target=args.target, trials=args.trials, log_dir=args.log,
                    rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary,
@@ -43,8 +49,7 @@ def _tune(args) -> int:
 def _run(args) -> int:
     from .runtime import load, load_remote, median_ms
 
-    if bool(args.rpc_tracker) != bool(args.rpc_key):
-        print("error: --rpc-tracker and --rpc-key go together", file=sys.stderr)
+    if not _rpc_flags_paired(args):
         return 2
     model = load_remote(args.model, args.rpc_tracker, args.rpc_key) if args.rpc_tracker else load(args.model)
     if args.input:
