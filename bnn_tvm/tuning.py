@@ -14,8 +14,10 @@ count as found. ``compile(..., tuning_records=folder)`` applies the best ones.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import tvm
@@ -39,6 +41,31 @@ def _binary_space() -> ms.space_generator.PostOrderApply:
         postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteReductionBlock()],
         mutator_probs={ms.mutator.MutateTileSize(): 1.0},
     )
+
+
+def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
+    """One logger per task, writing to LOG_DIR/logs/<task>.log.
+
+    (MetaSchedule's own ``get_loggers_from_work_dir`` re-runs ``logging.config.dictConfig`` with the
+    names of the handlers it finds, and breaks on the third call in a process once an unnamed handler
+    is attached.)
+    """
+    folder = log_dir / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s")
+    loggers = []
+    for index, name in enumerate(names):
+        logger = logging.getLogger(f"bnn_tvm.tuning.task_{index}_{name[:100]}")
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        handler = logging.FileHandler(folder / f"task_{index}_{name[:100]}.log")
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        loggers.append(logger)
+    return loggers
 
 
 def _search(trials: int) -> ms.search_strategy.EvolutionarySearch:
@@ -89,10 +116,12 @@ def export_candidate(mod, cross_compiler: str | None = None) -> str:
 
 
 def create_board_session(rpc_config):
-    """Connect to a board of the key, failing at once if none is registered.
+    """Connect to a board of the key, or fail within the session timeout.
 
-    MetaSchedule's own session request waits for a board with no time limit, so a board that died
-    would hang the tuning forever; this makes its candidates fail (and be recorded as failed).
+    MetaSchedule's own session request waits for a board with no time limit: a board that died while
+    requests were queued for it would hang the tuning forever. Here a missing board fails at once and
+    a request the tracker cannot serve in time fails after ``session_timeout_sec``; either way the
+    candidate is recorded as failed and tuning goes on.
     """
     from .board import BoardError
 
@@ -100,7 +129,23 @@ def create_board_session(rpc_config):
     servers = [s for s in tracker.summary().get("server_info", []) if s.get("key") == f"server:{rpc_config.tracker_key}"]
     if not servers:
         raise BoardError(f"no board is registered under key {rpc_config.tracker_key!r} at the tracker")
-    return rpc_config.connect_server()
+    outcome = {}
+
+    def connect():
+        try:
+            outcome["session"] = rpc_config.connect_server()
+        except Exception as err:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = err
+
+    waiter = threading.Thread(target=connect, daemon=True)
+    waiter.start()
+    waiter.join(rpc_config.session_timeout_sec)
+    if waiter.is_alive():
+        raise BoardError(f"no board of key {rpc_config.tracker_key!r} became free within "
+                         f"{rpc_config.session_timeout_sec} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["session"]
 
 
 def tune(
@@ -135,7 +180,7 @@ def tune(
     if not extracted:
         raise ValueError("the model has no kernels to tune")
     contexts, weights = [], []
-    loggers = ms.logging.get_loggers_from_work_dir(str(log_dir), [t.task_name for t in extracted])
+    loggers = _task_loggers(log_dir, [t.task_name for t in extracted])
     for task, logger, seed in zip(extracted, loggers, ms.utils.fork_seed(None, n=len(extracted)), strict=True):
         binary = is_binary_task(task.dispatched[0]["main"])
         contexts.append(ms.TuneContext(
