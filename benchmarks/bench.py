@@ -33,10 +33,7 @@ from tvm import relax  # noqa: E402
 
 import bnn_tvm  # noqa: E402
 from bnn_tvm import zoo  # noqa: E402
-
-
-def set_tvm_threads(n: int) -> None:
-    tvm.get_global_func("runtime.config_threadpool")(0, n)
+from bnn_tvm.runtime import set_threads  # noqa: E402
 
 
 def stock_tflite(case: zoo.ZooCase) -> bytes:
@@ -60,7 +57,7 @@ def compare(case: zoo.ZooCase, threads: int, runs: int, builds: dict) -> dict:
     import tensorflow as tf
 
     x = zoo.random_input((1, case.size, case.size, 3))
-    set_tvm_threads(threads)
+    set_threads(threads)
     lce = zoo.lce_interpreter(zoo.cached_tflite(case), num_threads=threads)
     tfl = tf.lite.Interpreter(model_content=stock_tflite(case), num_threads=threads)
     tfl.allocate_tensors()
@@ -150,7 +147,6 @@ def popcount_peak() -> float:
 
 def neon_instructions_per_128_macs() -> float:
     """Instructions per 128 binary MACs in the NEON bconv hot loop (generated aarch64 code)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.test_codegen import assembly, bconv_module
 
     asm = assembly("rpi4", bconv_module(channels_in=256, channels_out=64, size=8))
@@ -208,7 +204,7 @@ def main() -> None:
                 line += f" {ms['bnn-tvm'] / ms['tuned']:13.2f}x"
             print(line)
         model = builds.get("tuned", builds["bnn-tvm"])
-        set_tvm_threads(1)
+        set_threads(1)
         layers = per_layer(model, zoo.random_input((1, case.size, case.size, 3)))
         total = sum(ms for _, ms in layers)
         bconv_ms = sum(ms for kernel, ms in layers if "bnn_bconv2d" in kernel)

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bnn_tvm  # noqa: E402
 from bnn_tvm import zoo  # noqa: E402
+from bnn_tvm.runtime import set_threads  # noqa: E402
 
 REPEAT = 20
 BOARD_REPEAT = 3
@@ -63,7 +63,7 @@ def main() -> None:
 
     print(f"4/5 median latency over {REPEAT} runs (batch 1, 1 thread each):", flush=True)
     x = zoo.random_input((1, 224, 224, 3))
-    tvm.get_global_func("runtime.config_threadpool")(0, 1)
+    set_threads(1)
     lce_ms = median_ms(lambda: interpreter.predict(x))
     ours_ms = statistics.median(model.time(x, repeat=REPEAT)) * 1e3
     print(f"    LCE interpreter:  {lce_ms:8.2f} ms")

@@ -63,5 +63,10 @@ def load_remote(path: str | os.PathLike, tracker: str, key: str, session_timeout
     return model
 
 
+def set_threads(n: int) -> None:
+    """Size this process's TVM thread pool (benchmarks compare engines at equal thread counts)."""
+    tvm.get_global_func("runtime.config_threadpool")(0, n)
+
+
 def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3

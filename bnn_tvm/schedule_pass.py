@@ -20,7 +20,7 @@ class ScheduleNotFound(RuntimeError):
     pass
 
 
-def rule_of(block: s_tir.SBlock) -> str | None:
+def rule_of(block: s_tir.SBlock) -> str:
     """The strategy rule for a block: its ``schedule_rule`` if it is one of ours, else ``topi:<name>``
     for the TE computes TVM's own ops produce (named after their topi compute)."""
     rule = block.annotations.get("schedule_rule")
@@ -29,11 +29,15 @@ def rule_of(block: s_tir.SBlock) -> str | None:
     return f"topi:{block.name_hint}"
 
 
+def _block_rules(sch: s_tir.Schedule) -> list[tuple[s_tir.schedule.SBlockRV, str, bool]]:
+    """Each block of the function with its rule, and whether that rule is one of our binary ops'."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return [(block, rule, not rule.startswith("topi:")) for block in blocks for rule in [rule_of(sch.get(block))]]
+
+
 def is_binary_task(func: tirx.PrimFunc) -> bool:
     """Whether ``func`` is a kernel of one of our binary ops (a block carries one of our rules)."""
-    sch = s_tir.Schedule(func)
-    return any(not rule_of(sch.get(block)).startswith("topi:")
-               for block in sch.get_child_blocks(sch.get_sblock("root")))
+    return any(ours for _, _, ours in _block_rules(s_tir.Schedule(func)))
 
 
 def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
@@ -44,21 +48,20 @@ def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pr
     error; a float op without one gets the generic CPU schedule.
     """
     sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    rules = [(block, rule_of(sch.get(block))) for block in blocks]
-    ours = [(block, rule) for block, rule in rules if not rule.startswith("topi:")]
+    rules = _block_rules(sch)
+    ours = [(block, rule) for block, rule, is_ours in rules if is_ours]
     for block, rule in ours:
         if not any(choice(sch, block) is not None for choice in strategies.candidates(rule, target)):
             raise ScheduleNotFound(f"no schedule for rule {rule!r} on target keys {list(target.keys)}")
     if ours:
         return sch.mod["main"]
-    for block, rule in rules:
+    for block, rule, _ in rules:
         choices = strategies.candidates(rule, target)
         if choices:
             trial = sch.copy()
             if any(choice(trial, trial.get_sblock(sch.get(block).name_hint)) is not None for choice in choices):
                 return trial.mod["main"]
-    for block in blocks:
+    for block, _, _ in rules:
         schedule_generic(sch, block)
     return sch.mod["main"]
 

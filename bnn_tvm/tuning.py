@@ -175,14 +175,13 @@ def tune(
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     mod = legalize(load_model(model), tvm_target)
-    extracted = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target)
-                 if not only_binary or is_binary_task(t.dispatched[0]["main"])]
-    if not extracted:
+    tasks = [(t, is_binary_task(t.dispatched[0]["main"])) for t in ms.relax_integration.extract_tasks(mod, tvm_target)]
+    tasks = [(t, binary) for t, binary in tasks if binary or not only_binary]
+    if not tasks:
         raise ValueError("the model has no kernels to tune")
     contexts, weights = [], []
-    loggers = _task_loggers(log_dir, [t.task_name for t in extracted])
-    for task, logger, seed in zip(extracted, loggers, ms.utils.fork_seed(None, n=len(extracted)), strict=True):
-        binary = is_binary_task(task.dispatched[0]["main"])
+    loggers = _task_loggers(log_dir, [t.task_name for t, _ in tasks])
+    for (task, binary), logger, seed in zip(tasks, loggers, ms.utils.fork_seed(None, n=len(tasks)), strict=True):
         contexts.append(ms.TuneContext(
             mod=task.dispatched[0], target=task.target,
             space_generator=_binary_space() if binary else "post-order-apply",
@@ -190,7 +189,7 @@ def tune(
             num_threads="physical",
         ).clone())
         weights.append(float(task.weight))
-    say(f"tuning {len(contexts)} tasks ({sum(is_binary_task(t.dispatched[0]['main']) for t in extracted)} binary), "
+    say(f"tuning {len(contexts)} tasks ({sum(binary for _, binary in tasks)} binary), "
         f"{trials} trials each, records in {log_dir}")
 
     cross = preset.cross_compiler if preset is not None else None

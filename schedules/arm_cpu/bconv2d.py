@@ -14,7 +14,7 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile
 from .intrin import popcount_acc_intrin
 
 COLUMN_TILES = (4, 2)
@@ -33,12 +33,9 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 2: tile pixels x channels x lanes; rows parallel.
-    # Knob: the column tile (default: the largest of COLUMN_TILES dividing the width).
+    # Knob: the column tile.
     n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
-    width = extent(sch, w)
-    default_tile = largest_divisor(width, COLUMN_TILES)
-    columns = sch.sample_perfect_tile(w, n=2, max_innermost_factor=8, decision=[width // default_tile, default_tile])
-    w_outer, w_inner = sch.split(w, columns)
+    w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
     o_outer, o_inner = sch.split(o, [None, CHANNEL_TILE])
     sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
     sch.parallel(sch.fuse(n, h))

@@ -3,8 +3,9 @@
 ``popcount_acc_1x8_u32u16_neon`` computes, for the 4 packed words ``x`` and
 ``w`` of one chunk, ``acc[l] += popcount(halfword l of (x ^ w))`` for the 8
 halfwords ``l``: exactly ``eor`` + ``cnt`` (bytes) + ``uadalp`` (pairwise add
-of byte counts into the u16 lanes); on armv7 ``veor`` + ``vcnt`` + ``vpadal``. The lanes are summed into int32 after the
-reduction, and the compute bounds the reduction so that they cannot overflow.
+of byte counts into the u16 lanes); on armv7 ``veor`` + ``vcnt`` + ``vpadal``.
+The lanes are summed into int32 after the reduction, and the compute bounds the
+reduction so that they cannot overflow.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from tvm.script import tirx as T
 
 POPCOUNT_ACC_NEON = "popcount_acc_1x8_u32u16_neon"
 POPCOUNT_ACC_NEON32 = "popcount_acc_1x8_u32u16_neon32"
-WORDS_PER_CHUNK = 4
-HALFWORD_LANES = 8
 
 
 @T.prim_func(s_tir=True)

@@ -22,6 +22,18 @@ def largest_divisor(n: int, candidates: tuple[int, ...]) -> int:
     return next((c for c in candidates if n % c == 0), 1)
 
 
+def sample_column_tile(sch: s_tir.Schedule, loop, candidates: tuple[int, ...]):
+    """Split ``loop`` (output columns) into (outer, register tile) with a tunable perfect split.
+
+    The default decision, which the untuned build uses, is the largest of ``candidates`` dividing
+    the extent; MetaSchedule varies it (up to 8) when tuning.
+    """
+    width = extent(sch, loop)
+    tile = largest_divisor(width, candidates)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8, decision=[width // tile, tile])
+    return sch.split(loop, factors)
+
+
 def parallel_rows(sch: s_tir.Schedule, block, spatial_loops: int = 2):
     """Fuse the first ``spatial_loops`` loops (batch, rows) of ``block`` and run them in parallel."""
     loops = sch.get_loops(block)

@@ -13,7 +13,7 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile
 
 COLUMN_TILES = (4, 3, 2)
 UNROLL_STEPS = (0, 16, 64, 512)
@@ -32,13 +32,9 @@ def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 3: tile the accumulator: rows parallel, columns x one word of channels in registers.
-    # Knob: the column tile (a perfect split, so no remainder loop); the default is the largest of
-    # COLUMN_TILES dividing the width, which is what the untuned build uses.
+    # Knob: the column tile.
     n, h, w, o, p, q, c = sch.get_loops(accum)
-    width = extent(sch, w)
-    default_tile = largest_divisor(width, COLUMN_TILES)
-    columns = sch.sample_perfect_tile(w, n=2, max_innermost_factor=8, decision=[width // default_tile, default_tile])
-    w_outer, w_inner = sch.split(w, columns)
+    w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
     o_outer, o_inner = sch.split(o, [None, CHANNEL_BLOCK])
     sch.reorder(n, h, w_outer, o_outer, p, q, c, w_inner, o_inner)
     rows = sch.fuse(n, h)
