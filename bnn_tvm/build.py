@@ -104,7 +104,9 @@ def compile(model, target="host", tuning_records=None, report=None) -> Artifact:
     ``tuning_records``: a folder written by ``bnn_tvm.tune``; its best schedules replace the defaults for
     the functions it has records of, and ``report(tuned, total)`` is told how many that was.
     """
-    mod = _with_input_signature(load_model(model))
+    from .transform import optimize
+
+    mod = _with_input_signature(optimize(load_model(model)))
     tvm_target, preset = _targets.resolve(target)
     pipeline = _pipeline(tvm_target, tuning_records, report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
