@@ -49,15 +49,26 @@ def _pipeline(target: tvm.target.Target, tuning_records: str | os.PathLike | Non
     return _run
 
 
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
 def load_model(model) -> tvm.IRModule:
-    """A Relax module from an IRModule, a .tflite path or .tflite bytes."""
+    """A Relax module from an IRModule, a .tflite path or bytes, a Keras model or a Keras model path
+    (.h5, .keras, or a SavedModel folder)."""
     if isinstance(model, tvm.IRModule):
         return model
-    if isinstance(model, (bytes, bytearray)) or Path(model).suffix == ".tflite":
+    if isinstance(model, (bytes, bytearray)) or (isinstance(model, (str, os.PathLike))
+                                                 and Path(model).suffix == ".tflite"):
         from .frontend import from_tflite
 
         return from_tflite(model)
-    raise ValueError(f"cannot import {model!r}: bnn-tvm reads .tflite files (LCE-converted or plain)")
+    if not isinstance(model, (str, os.PathLike)) or Path(model).suffix in KERAS_SUFFIXES or (
+            Path(model) / "saved_model.pb").exists():
+        from .frontend import from_keras
+
+        return from_keras(model)
+    raise ValueError(f"cannot import {model!r}: bnn-tvm reads .tflite files (LCE-converted or stock) and Keras "
+                     f"models ({', '.join(KERAS_SUFFIXES)} or a SavedModel folder)")
 
 
 INPUT_SIGNATURE = "bnn_input_signature"

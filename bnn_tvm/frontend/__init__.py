@@ -1,5 +1,13 @@
-"""Model importers: LCE-converted .tflite files (and, later, Keras/Larq models)."""
+"""Model importers: .tflite files (LCE-converted or stock) and Keras/Larq models."""
 
 from .tflite import UnsupportedModelError, from_tflite
 
-__all__ = ["UnsupportedModelError", "from_tflite"]
+
+def from_keras(model, batch_size: int = 1):
+    """Import a Keras/Larq model; see :func:`bnn_tvm.frontend.keras.from_keras` (imports TensorFlow)."""
+    from .keras import from_keras as _from_keras
+
+    return _from_keras(model, batch_size)
+
+
+__all__ = ["UnsupportedModelError", "from_keras", "from_tflite"]
