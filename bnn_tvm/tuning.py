@@ -6,21 +6,26 @@ default to what the untuned build uses, and MetaSchedule's evolutionary search,
 guided by its XGBoost cost model, varies them. Float kernels (TVM's own ops)
 are tuned with MetaSchedule's default CPU rules unless ``only_binary``.
 
-The records go to a MetaSchedule JSON database in the log folder. Tuning again
-with the same folder resumes: the records already there seed the search and
-count as found. ``compile(..., tuning_records=folder)`` applies the best ones.
+The records go to a MetaSchedule JSON database in the log folder, written
+atomically (``AtomicJSONDatabase``) so that a run killed mid-write leaves it
+readable. Tuning again with the same folder resumes: the records already there
+seed the search and count as found. ``compile(..., tuning_records=folder)``
+applies the best ones.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -32,6 +37,153 @@ from .schedule_pass import is_binary_task
 # Building a candidate on 2 cores can take a while; a board over qemu even longer to run it.
 BUILD_TIMEOUT_SEC = 120
 RUN_TIMEOUT_SEC = 120
+
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+
+
+def _plain_json(obj):
+    """``obj`` (the FFI containers MetaSchedule's ``AsJSON`` returns) as plain Python, as its C++ writer
+    prints it: immediates as numbers, booleans as 0/1."""
+    if isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, int | float | str):
+        return obj
+    if isinstance(obj, tvm.tirx.IntImm | tvm.tirx.FloatImm):
+        return obj.value
+    if isinstance(obj, tvm_ffi.Array | list | tuple):
+        return [_plain_json(item) for item in obj]
+    if isinstance(obj, tvm_ffi.Map | dict):
+        return {str(key): _plain_json(value) for key, value in obj.items()}
+    raise TypeError(f"cannot write {type(obj).__name__} to a tuning database")
+
+
+def _json_line(obj) -> str:
+    return json.dumps(_plain_json(obj), separators=(",", ":"), sort_keys=True)
+
+
+def _write_atomically(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` by ``lines`` so that a reader (or a crash) sees the old file or the new one, whole."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    # The rename itself is durable only once the folder is.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _read_lines(path: Path) -> list[tuple[int, object]]:
+    """The JSON lines of ``path`` as (line number, value); a line that does not parse (the torn last
+    line an append-only writer leaves when killed) is dropped with a warning."""
+    if not path.exists():
+        return []
+    parsed = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((number, json.loads(line)))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: line {number} is not valid JSON (a write cut short?); dropped it",
+                          RuntimeWarning, stacklevel=3)
+    return parsed
+
+
+@derived_object
+class AtomicJSONDatabase(ms.database.PyDatabase):
+    """MetaSchedule's JSON database (same two files, same lines), rewritten atomically on every commit.
+
+    ``ms.database.JSONDatabase`` appends a line per record; a process killed mid-append leaves a torn
+    last line, and then neither it nor ``MetaScheduleApplyDatabase`` can open the folder. Here the
+    records live in memory and each commit replaces the file through a temporary file (fsync, then
+    rename), so the folder is readable at every instant, by this class and by ``JSONDatabase`` alike.
+    A folder an append-only writer left torn loads without the torn line (with a warning), and the
+    next commit writes it back whole.
+
+    Parameters
+    ----------
+    work_dir : str or os.PathLike
+        The folder of ``database_workload.json`` and ``database_tuning_record.json`` (created, with the
+        files, if missing).
+    """
+
+    def __init__(self, work_dir: str | os.PathLike):
+        folder = Path(work_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path_workload, self.path_tuning_record = folder / WORKLOAD_FILE, folder / RECORD_FILE
+        # The queries are MemoryDatabase's; this class only keeps the files in step with it.
+        self._memory = ms.database.MemoryDatabase()
+        self._workloads: list = []  # in file order: a record line names its workload by this index
+        self._workload_lines: list[str] = []
+        self._record_lines: list[str] = []
+        for stale in folder.glob(".database_*.tmp"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
+        self._load()
+        for path, lines in ((self.path_workload, self._workload_lines), (self.path_tuning_record, self._record_lines)):
+            if not path.exists():
+                _write_atomically(path, lines)
+
+    def _load(self) -> None:
+        from tvm.s_tir.meta_schedule import _ffi_api
+
+        by_line = {}
+        for number, value in _read_lines(self.path_workload):
+            workload = self._memory.commit_workload(_ffi_api.WorkloadFromJSON(value).mod)
+            by_line[number] = workload
+            if not any(workload.same_as(known) for known in self._workloads):
+                self._workloads.append(workload)
+                self._workload_lines.append(_json_line(value))
+        # Record lines index the workload file's lines (0-based); map them through the lines kept.
+        index_of_line = {number - 1: workload for number, workload in by_line.items()}
+        for number, value in _read_lines(self.path_tuning_record):
+            workload = index_of_line.get(value[0]) if isinstance(value, list) and len(value) == 2 else None
+            if workload is None:
+                warnings.warn(f"{self.path_tuning_record}: line {number} names no workload of "
+                              f"{self.path_workload}; dropped it", RuntimeWarning, stacklevel=2)
+                continue
+            self._memory.commit_tuning_record(_ffi_api.TuningRecordFromJSON(value[1], workload))
+            self._record_lines.append(_json_line([self._index(workload), value[1]]))
+
+    def _index(self, workload) -> int:
+        """The workload's line in the workload file (committing it first if it came from elsewhere)."""
+        for _ in range(2):
+            for index, known in enumerate(self._workloads):
+                if known.same_as(workload):
+                    return index
+            workload = self.commit_workload(workload.mod)
+        raise AssertionError("unreachable: a committed workload is in the list")
+
+    def has_workload(self, mod: tvm.IRModule) -> bool:
+        return self._memory.has_workload(mod)
+
+    def commit_workload(self, mod: tvm.IRModule):
+        workload = self._memory.commit_workload(mod)
+        if not any(workload.same_as(known) for known in self._workloads):
+            self._workloads.append(workload)
+            self._workload_lines.append(_json_line(workload.as_json()))
+            _write_atomically(self.path_workload, self._workload_lines)
+        return workload
+
+    def commit_tuning_record(self, record) -> None:
+        self._memory.commit_tuning_record(record)
+        self._record_lines.append(_json_line([self._index(record.workload), record.as_json()]))
+        _write_atomically(self.path_tuning_record, self._record_lines)
+
+    def get_top_k(self, workload, top_k: int):
+        return self._memory.get_top_k(workload, top_k)
+
+    def get_all_tuning_records(self):
+        return self._memory.get_all_tuning_records()
+
+    def __len__(self) -> int:
+        return len(self._memory)
 
 
 def _binary_space() -> ms.space_generator.PostOrderApply:
@@ -205,7 +357,7 @@ def tune(
         )
     else:
         runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1))
-    database = ms.database.JSONDatabase(work_dir=str(log_dir))
+    database = AtomicJSONDatabase(log_dir)
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [
         _Progress([c.task_name for c in contexts], trials, say)]
     with tvm_target:  # the schedule rules read it (aarch64 and armv7 use different NEON intrinsics)
@@ -222,10 +374,11 @@ def apply_tuning_records(mod: tvm.IRModule, target, log_dir, report=None) -> tvm
     from tvm import relax
 
     log_dir = Path(log_dir)
-    if not (log_dir / "database_tuning_record.json").exists():
-        raise FileNotFoundError(f"no tuning records in {log_dir} (expected database_tuning_record.json)")
+    if not (log_dir / RECORD_FILE).exists():
+        raise FileNotFoundError(f"no tuning records in {log_dir} (expected {RECORD_FILE})")
     total = sum(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
-    mod = relax.transform.MetaScheduleApplyDatabase(str(log_dir))(mod)
+    with AtomicJSONDatabase(log_dir):  # tolerates the torn last line an older, append-only run left
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = sum(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
                 for _, f in mod.functions_items())
     if report is not None:

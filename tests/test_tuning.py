@@ -1,12 +1,21 @@
 """Tuning with MetaSchedule (XGBoost cost model): locally and on the emulated board, few trials but real.
 
 Checks that the records are used by compile (the compiled kernels are the database's best schedules,
-compared structurally, not just the count compile prints) and that tuned builds stay bit-exact.
+compared structurally, not just the count compile prints) and that tuned builds stay bit-exact, and that
+the database stays readable when the tuning process is killed while writing it.
 """
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
 
 import numpy as np
 import pytest
 import tvm
+from tvm import s_tir, te
 from tvm.s_tir import meta_schedule as ms
 
 import bnn_tvm
@@ -14,10 +23,11 @@ from bnn_tvm import zoo
 from bnn_tvm.build import legalize, load_model
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.schedule_pass import is_binary_task
-from bnn_tvm.tuning import apply_tuning_records, tune
+from bnn_tvm.tuning import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, apply_tuning_records, tune
 
 from .test_lce import input_for
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = zoo.ConvCase("packed-handoff", output="packed", channels_in=64, channels_out=33, strides=2)
 TRIALS = 2
 
@@ -111,3 +121,80 @@ def test_board_dying_mid_tuning_costs_trials_not_the_run(tmp_path):
     reports = []
     bnn_tvm.compile(path, "rpi4", tuning_records=log_dir, report=lambda t, n: reports.append(t))
     assert reports[0] >= 1  # the measured kernel's record is used
+
+
+# ---------------------------------------------------------------- the database, without tuning
+
+
+def _tiny_workload():
+    a = te.placeholder((64,), name="a")
+    return tvm.IRModule({"main": te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])})
+
+
+def _record(database, mod, inner: int, seconds: float) -> ms.database.TuningRecord:
+    """A record of ``mod`` split with an inner tile of ``inner``, measured at ``seconds``."""
+    sch = s_tir.Schedule(mod)
+    (loop,) = sch.get_loops(sch.get_sblock("b"))
+    sch.split(loop, sch.sample_perfect_tile(loop, n=2, decision=[64 // inner, inner]))
+    return ms.database.TuningRecord(sch.trace, database.commit_workload(mod), [seconds], tvm.target.Target("llvm"),
+                                    ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+# Commits records as fast as it can, forever: the test kills it at a random instant, mid-write or not.
+_WRITER = """
+import sys
+from tests.test_tuning import AtomicJSONDatabase, _record, _tiny_workload
+database, mod = AtomicJSONDatabase(sys.argv[1]), _tiny_workload()
+print(len(database), flush=True)
+while True:
+    database.commit_tuning_record(_record(database, mod, 2 ** (len(database) % 7), 1.0 + len(database)))
+"""
+
+
+def test_database_killed_mid_write_stays_readable_and_resumes(tmp_path):
+    """SIGKILL the writer at random instants: after each kill stock JSONDatabase reads the folder, no
+    record is lost but the one being written, and the next run resumes from what is there."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "log"
+    count = 0
+    for _ in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert int(writer.stdout.readline()) == count  # resumed with every record of the previous runs
+        deadline = time.monotonic() + 60
+        while (folder / RECORD_FILE).read_text().count("\n") < count + 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+        database = ms.database.JSONDatabase(work_dir=str(folder))  # would raise on a torn line
+        assert len(database) >= count + 20
+        count = len(database)
+        best = database.get_top_k(database.commit_workload(_tiny_workload()), 1)[0]
+        assert float(best.run_secs[0]) == 1.0
+    AtomicJSONDatabase(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [RECORD_FILE, WORKLOAD_FILE]  # a killed write's temp is gone
+
+
+def test_torn_folder_of_an_append_only_writer_loads_without_the_torn_line(tmp_path):
+    mod = _tiny_workload()
+    stock = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    for inner in (1, 2, 4):
+        stock.commit_tuning_record(_record(stock, mod, inner, float(inner)))
+    records = tmp_path / RECORD_FILE
+    text = records.read_text()
+    records.write_text(text[: len(text) - 40])  # killed while appending the last line
+    with pytest.raises(Exception):
+        ms.database.JSONDatabase(work_dir=str(tmp_path))
+
+    with pytest.warns(RuntimeWarning, match="line 3"):
+        database = AtomicJSONDatabase(tmp_path)
+    assert len(database) == 2
+    assert float(database.query_tuning_record(mod, tvm.target.Target("llvm"), "main").run_secs[0]) == 1.0
+    # The next commit writes the folder back whole, in the format stock MetaSchedule reads.
+    database.commit_tuning_record(_record(database, mod, 8, 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reread = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    assert len(reread) == 3 and len((tmp_path / WORKLOAD_FILE).read_text().splitlines()) == 1
+    assert float(reread.query_tuning_record(mod, tvm.target.Target("llvm"), "main").run_secs[0]) == 0.5
