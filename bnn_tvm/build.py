@@ -109,15 +109,18 @@ class Artifact:
         return path
 
 
-def compile(model, target="host", tuning_records=None, report=None) -> Artifact:  # noqa: A001 - as tvm.compile
-    """Compile a model (.tflite path or bytes, or a Relax IRModule) for ``target``.
+def compile(model, target="host", tuning_records=None, report=None,  # noqa: A001 - as tvm.compile
+            graph_passes: bool = True) -> Artifact:
+    """Compile a model (see ``load_model``) for ``target``.
 
     ``tuning_records``: a folder written by ``bnn_tvm.tune``; its best schedules replace the defaults for
     the functions it has records of, and ``report(tuned, total)`` is told how many that was.
+    ``graph_passes=False`` skips ``bnn_tvm.transform`` (to compare against what it optimizes).
     """
     from .transform import optimize
 
-    mod = _with_input_signature(optimize(load_model(model)))
+    mod = load_model(model)
+    mod = _with_input_signature(optimize(mod) if graph_passes else mod)
     tvm_target, preset = _targets.resolve(target)
     pipeline = _pipeline(tvm_target, tuning_records, report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)

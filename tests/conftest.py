@@ -12,9 +12,9 @@ _counter = itertools.count()
 def build_and_load(tmp_path):
     """Compile a model, export it to a fresh .so (dlopen caches by path) and load it back."""
 
-    def run(model, target="host"):
+    def run(model, target="host", **options):
         path = tmp_path / f"model{next(_counter)}.so"
-        bnn_tvm.compile(model, target=target).export_library(path)
+        bnn_tvm.compile(model, target=target, **options).export_library(path)
         return bnn_tvm.load(path)
 
     return run
