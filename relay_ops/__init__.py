@@ -6,6 +6,7 @@ TE compute (tagged with its ``schedule_rule``) and numpy reference.
 
 from ._common import BITS_PER_WORD, PACKED_DTYPE, BnnOpError, packed_words
 from .bconv2d import bconv2d, bconv2d_ref
+from .bdense import bdense, bdense_ref
 from .bitpack import dequantize, dequantize_ref, quantize, quantize_ref
 from .bmaxpool2d import bmaxpool2d, bmaxpool2d_ref
 
@@ -15,6 +16,8 @@ __all__ = [
     "BnnOpError",
     "bconv2d",
     "bconv2d_ref",
+    "bdense",
+    "bdense_ref",
     "bmaxpool2d",
     "bmaxpool2d_ref",
     "dequantize",

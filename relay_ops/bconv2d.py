@@ -5,16 +5,9 @@ Inputs are bitpacked (see :mod:`bitpack`): ``x`` is NHWC with packed channels,
 the ``K = kh * kw * channels_in / groups`` bits under the window, the true dot
 product of the +-1 values is ``K - 2 * accum``.
 
-Outputs, as LCE computes them:
-
-* float32: ``float(clamp(2 * accum, lo', hi')) * m' + b'`` with ``m' = -m`` and
-  ``b' = b + K * m`` (folded in double precision), where ``lo', hi'`` are the
-  fused activation's range mapped through ``dot = K - 2 * accum``. This is the
-  same value as ``act(K - 2 * accum) * m + b`` up to float rounding, and it is
-  bit-exact with LCE's kernels because it is their formula.
-* int8: the float result with ``m, b`` rescaled by the output scale and zero
-  point, rounded half away from zero and saturated.
-* bitpacked int32: bit ``accum > threshold[c]``, 32 output channels per word.
+Outputs are LCE's (see :mod:`._output_transform`, shared with bdense): float32
+``act(K - 2 * accum) * m + b`` in LCE's folded formula, int8 (the same rescaled
+to the output scale and zero point), or bitpacked ``accum > threshold[c]``.
 
 ``pad_value`` 1 pads with +1 (bit 0: free). ``pad_value`` 0 pads with 0 for
 SAME padding; the padded taps' +1 contributions are then subtracted, times
@@ -42,12 +35,22 @@ from ._common import (
     static_shape,
     window_output,
 )
-from .bitpack import quantize_ref, unpack_bits
+from ._output_transform import (
+    ACTIVATIONS,
+    OUT_DTYPES,
+    check_transform_inputs,
+    clamp_range,
+    legalize_folded_constants,
+    packed_output_compute,
+    packed_output_ref,
+    scaled_output_compute,
+    scaled_output_ref,
+    transform_args,
+)
+from .bitpack import unpack_bits
 
 OP = "relax.bnn.bconv2d"
 RULE = "bnn_bconv2d"
-ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6")
-OUT_DTYPES = ("float32", "int8", PACKED_DTYPE)
 # Output channels are computed in blocks of one packed word; the accumulator is
 # padded to whole blocks so that schedules vectorize without remainder loops.
 CHANNEL_BLOCK = BITS_PER_WORD
@@ -55,7 +58,6 @@ CHANNEL_BLOCK = BITS_PER_WORD
 WORDS_PER_CHUNK = 4
 HALFWORD_LANES = 8
 UINT16_MAX = 2**16 - 1
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def bconv2d(
@@ -76,17 +78,9 @@ def bconv2d(
     out_zero_point: int = 0,
 ) -> relax.Call:
     """Binary conv2d. Float/int8 output takes ``multiplier`` and ``bias``; packed output takes ``thresholds``."""
-    if out_dtype == PACKED_DTYPE:
-        if thresholds is None:
-            raise BnnOpError(OP, "thresholds", "bitpacked output needs per-channel thresholds")
-        args = [x, w, thresholds]
-    else:
-        if multiplier is None or bias is None:
-            raise BnnOpError(OP, "multiplier", f"{out_dtype} output needs a multiplier and a bias")
-        args = [x, w, multiplier, bias]
     return make_call(
         OP,
-        args,
+        [x, w, *transform_args(OP, out_dtype, multiplier, bias, thresholds)],
         channels_in=int(channels_in),
         strides=[int(s) for s in strides],
         dilations=[int(d) for d in dilations],
@@ -166,14 +160,7 @@ class Conv2dGeometry:
 
     def clamp_range(self) -> tuple[int, int]:
         """LCE's clamp bounds on ``2 * accum``: the activation range of ``K - 2 * accum``."""
-        nominal = {
-            "NONE": (INT32_MIN, INT32_MAX),
-            "RELU": (0, INT32_MAX),
-            "RELU_N1_TO_1": (-1, 1),
-            "RELU6": (0, 6),
-        }[self.attrs["activation"]]
-        low, high = max(nominal[0], -self.depth), min(nominal[1], self.depth)
-        return self.depth - high, self.depth - low
+        return clamp_range(self.attrs["activation"], self.depth)
 
 
 def _attrs(call: relax.Call) -> dict:
@@ -189,20 +176,7 @@ def _infer_type(call: relax.Call) -> relax.TensorType:
     expect_dtype(OP, "input", x_dtype, (PACKED_DTYPE,))
     expect_dtype(OP, "filter", w_dtype, (PACKED_DTYPE,))
     geometry = Conv2dGeometry(x_shape, w_shape, attrs)
-    if attrs["out_dtype"] == PACKED_DTYPE:
-        expected = [("thresholds", PACKED_DTYPE)]
-    else:
-        expected = [("post_activation_multiplier", "float32"), ("post_activation_bias", "float32")]
-        if attrs["out_dtype"] == "int8" and attrs["out_scale"] <= 0:
-            raise BnnOpError(OP, "out_scale", f"int8 output needs a positive scale, got {attrs['out_scale']}")
-    if len(call.args) != 2 + len(expected):
-        names = ", ".join(name for name, _ in expected)
-        raise BnnOpError(OP, "inputs", f"{attrs['out_dtype']} output takes input, filter, {names}")
-    for arg, (name, dtype) in zip(call.args[2:], expected, strict=True):
-        shape, arg_dtype = static_shape(OP, name, arg)
-        expect_dtype(OP, name, arg_dtype, (dtype,))
-        if shape != [geometry.channels_out]:
-            raise BnnOpError(OP, name, f"expected shape [{geometry.channels_out}], got {shape}")
+    check_transform_inputs(OP, call, attrs, geometry.channels_out)
     return relax.TensorType(geometry.out_shape, attrs["out_dtype"])
 
 
@@ -237,26 +211,11 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
                 outside = 1 - inside[rows, cols]
                 padded_dot[..., channels] += outside[None, :, :, None] * tap_sum[None, None, None, :]
     if attrs["out_dtype"] == PACKED_DTYPE:
-        bits = accum > thresholds.astype(np.int64)
-        return quantize_ref(np.where(bits, -1.0, 1.0).astype(np.float32))  # a set bit packs as 1
-    low, high = g.clamp_range()
-    out_scale = attrs["out_scale"] if attrs["out_dtype"] == "int8" else 1.0
-    zero_point = attrs["out_zero_point"] if attrs["out_dtype"] == "int8" else 0
-    mul_t, bias_t = transform_constants(multiplier, bias, g.depth, out_scale, zero_point)
-    y = np.clip(2 * accum, low, high).astype(np.float32) * mul_t + bias_t
+        return packed_output_ref(accum, thresholds)
+    correction = None
     if g.zero_padding:
-        y = y + (-multiplier.astype(np.float32)) * padded_dot.astype(np.float32)
-    if attrs["out_dtype"] == "int8":
-        rounded = np.sign(y) * np.floor(np.abs(y) + 0.5)
-        return np.clip(rounded, -128, 127).astype(np.int8)
-    return y.astype(np.float32)
-
-
-def transform_constants(multiplier, bias, depth: int, out_scale: float = 1.0, zero_point: int = 0):
-    """LCE's folded multiplier ``-m / s`` and bias ``(b + K m) / s + z``, in double then float32."""
-    m = multiplier.astype(np.float64)
-    b = bias.astype(np.float64)
-    return (-m / out_scale).astype(np.float32), ((b + depth * m) / out_scale + zero_point).astype(np.float32)
+        correction = (-multiplier.astype(np.float32)) * padded_dot.astype(np.float32)
+    return scaled_output_ref(accum, attrs, g.depth, multiplier, bias, correction)
 
 
 # ---------------------------------------------------------------- TE computes
@@ -302,25 +261,6 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
     # Each chunk adds at most 16 to a lane; beyond this depth the lanes would need widening mid-reduction.
     fits = g.kernel_h * g.kernel_w * chunks * 16 <= UINT16_MAX
     return "halfwords" if fits else "words"
-
-
-def folded_multiplier_compute(multiplier: te.Tensor, out_scale: float) -> te.Tensor:
-    """LCE's ``m' = -m / s``, in double precision, then float32."""
-    return te.compute(
-        multiplier.shape,
-        lambda o: (-multiplier[o].astype("float64") / out_scale).astype("float32"),
-        name="bconv2d_multiplier",
-    )
-
-
-def folded_bias_compute(multiplier, bias, depth: int, out_scale: float, zero_point: int) -> te.Tensor:
-    """LCE's ``b' = (b + K m) / s + z``, in double precision, then float32."""
-    return te.compute(
-        bias.shape,
-        lambda o: ((bias[o].astype("float64") + depth * multiplier[o].astype("float64")) / out_scale
-                   + zero_point).astype("float32"),
-        name="bconv2d_bias",
-    )
 
 
 def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: dict, in_h: int, in_w: int):
@@ -370,8 +310,15 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
     else:
         accum = _accumulate_halfwords(x, w_blocked, g)
     if attrs["out_dtype"] == PACKED_DTYPE:
-        return _packed_output(accum, params[0], g)
-    return _scaled_output(accum, *params, g=g)
+        return packed_output_compute(accum, params[0], g.channels_out, name="bconv2d_output")
+    multiplier, bias, *padding_correction = params
+
+    def correction(index):  # the table is [out_h, out_w, Cout]
+        return padding_correction[0][index[1:]]
+
+    return scaled_output_compute(accum, multiplier, bias, depth=g.depth, activation=attrs["activation"],
+                                 out_dtype=attrs["out_dtype"], channels_out=g.channels_out, name="bconv2d_output",
+                                 correction=correction if padding_correction else None)
 
 
 def _padded_input(x, g: Conv2dGeometry, words_per_group: int):
@@ -438,41 +385,6 @@ def _accumulate_halfwords(x, w_blocked, g: Conv2dGeometry):
                       name="bconv2d_accum")
 
 
-def _packed_output(accum, thresholds, g: Conv2dGeometry):
-    bit = te.reduce_axis((0, BITS_PER_WORD), name="bit")
-    bitwise_or = te.comm_reducer(lambda a, b: a | b, lambda t: tirx.const(0, t), name="bitwise_or")
-
-    def word(n, i, j, k):
-        o = k * BITS_PER_WORD + bit
-        is_set = tirx.all(o < g.channels_out, accum[n, i, j, o] > thresholds[tirx.min(o, g.channels_out - 1)])
-        value = tirx.shift_left(tirx.const(1, PACKED_DTYPE), bit.var.astype(PACKED_DTYPE))
-        return bitwise_or(tirx.Select(is_set, value, tirx.const(0, PACKED_DTYPE)), axis=bit)
-
-    return te.compute(g.out_shape, word, name="bconv2d_output")
-
-
-def _scaled_output(accum, multiplier, bias, correction=None, *, g: Conv2dGeometry):
-    low, high = g.clamp_range()
-
-    def transform(n, i, j, o):
-        doubled = tirx.max(tirx.min(accum[n, i, j, o] * 2, high), low)
-        y = _no_fma(doubled.astype("float32") * multiplier[o]) + bias[o]
-        if correction is not None:
-            y = y + correction[i, j, o]
-        if g.attrs["out_dtype"] == "float32":
-            return y
-        # TfLiteRound: half away from zero (tirx.round would round half to even).
-        rounded = tirx.Select(y >= 0, tirx.floor(y + 0.5), tirx.ceil(y - 0.5))
-        return tirx.max(tirx.min(rounded, 127.0), -128.0).astype("int8")
-
-    return te.compute(g.out_shape, transform, name="bconv2d_output")
-
-
-def _no_fma(product):
-    """Keep LLVM from contracting ``product + ...`` into an FMA: LCE rounds the product first."""
-    return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
-
-
 def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     attrs = _attrs(call)
     x, w = call.args[:2]
@@ -485,16 +397,9 @@ def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if attrs["out_dtype"] == PACKED_DTYPE:
         params = [call.args[2]]
     else:
-        multiplier, bias = call.args[2], call.args[3]
-        int8_out = attrs["out_dtype"] == "int8"
-        scale = attrs["out_scale"] if int8_out else 1.0
-        zero_point = attrs["out_zero_point"] if int8_out else 0
-        params = [
-            bb.emit(bb.call_te(folded_multiplier_compute, multiplier, scale, primfunc_name_hint="bnn_bconv2d_fold")),
-            bb.emit(bb.call_te(folded_bias_compute, multiplier, bias, g.depth, scale, zero_point,
-                               primfunc_name_hint="bnn_bconv2d_fold")),
-        ]
+        params = legalize_folded_constants(bb, call, attrs, g.depth, "bconv2d")
         if g.zero_padding:
+            multiplier = call.args[2]
             params.append(bb.emit(bb.call_te(zero_padding_correction_compute, w, multiplier, attrs, g.in_h, g.in_w,
                                              primfunc_name_hint="bnn_bconv2d_padding_correction")))
     return bb.call_te(bconv2d_compute, x, w_blocked, *params, attrs=attrs, filter_shape=w_shape,

@@ -1,0 +1,268 @@
+"""``relax.bnn.bdense``: binary fully-connected layer (LCE has none: its issue #53).
+
+Inputs are bitpacked (see :mod:`bitpack`): ``x`` is [N, ceil(C/32)], ``w`` is
+[Cout, ceil(C/32)], both packed along the C input channels (attribute
+``channels_in``). With ``accum`` the XOR-popcount over the C bits, the true dot
+product of the +-1 values is ``C - 2 * accum``.
+
+Outputs are bconv2d's (see :mod:`._output_transform`), with depth ``K = C``:
+float32 ``act(C - 2 * accum) * m + b`` in LCE's folded formula, bit for bit;
+int8 (the same rescaled to the output scale and zero point); or bitpacked
+``accum > threshold[o]``, 32 output channels per word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from ._common import (
+    PACKED_DTYPE,
+    BnnOpError,
+    attr,
+    check_choice,
+    expect_dtype,
+    make_call,
+    packed_words,
+    register_op,
+    static_shape,
+)
+from ._output_transform import (
+    ACTIVATIONS,
+    OUT_DTYPES,
+    check_transform_inputs,
+    legalize_folded_constants,
+    packed_output_compute,
+    packed_output_ref,
+    scaled_output_compute,
+    scaled_output_ref,
+    transform_args,
+)
+from .bconv2d import CHANNEL_BLOCK, HALFWORD_LANES, UINT16_MAX, WORDS_PER_CHUNK
+from .bitpack import unpack_bits
+
+OP = "relax.bnn.bdense"
+RULE = "bnn_bdense"
+
+
+def bdense(
+    x: relax.Expr,
+    w: relax.Expr,
+    *,
+    channels_in: int,
+    multiplier: relax.Expr | None = None,
+    bias: relax.Expr | None = None,
+    thresholds: relax.Expr | None = None,
+    activation: str = "NONE",
+    out_dtype: str = "float32",
+    out_scale: float = 1.0,
+    out_zero_point: int = 0,
+) -> relax.Call:
+    """Binary dense layer. Float/int8 output takes ``multiplier`` and ``bias`` [Cout]; packed output takes
+    ``thresholds`` [Cout]."""
+    return make_call(
+        OP,
+        [x, w, *transform_args(OP, out_dtype, multiplier, bias, thresholds)],
+        channels_in=int(channels_in),
+        activation=activation,
+        out_dtype=out_dtype,
+        out_scale=float(out_scale),
+        out_zero_point=int(out_zero_point),
+    )
+
+
+class DenseGeometry:
+    """Validated shapes and attributes of one bdense call."""
+
+    def __init__(self, x_shape, w_shape, attrs: dict):
+        self.attrs = attrs
+        if len(x_shape) != 2:
+            raise BnnOpError(OP, "input", f"expected packed [batch, words] (2 axes), got shape {x_shape}")
+        if len(w_shape) != 2:
+            raise BnnOpError(OP, "filter", f"expected packed [channels_out, words] (2 axes), got shape {w_shape}")
+        self.batch, self.words = x_shape
+        self.channels_out, filter_words = w_shape
+        self.channels_in = attrs["channels_in"]
+        check_choice(OP, "activation", attrs["activation"], ACTIVATIONS)
+        check_choice(OP, "out_dtype", attrs["out_dtype"], OUT_DTYPES)
+        if filter_words != self.words:
+            raise BnnOpError(OP, "filter", f"{filter_words} packed words per output channel, the input has {self.words}")
+        if self.channels_in < 1 or packed_words(self.channels_in) != self.words:
+            raise BnnOpError(
+                OP, "channels_in",
+                f"{self.channels_in} channels need {packed_words(max(self.channels_in, 1))} words, "
+                f"the input has {self.words}",
+            )
+        if self.batch < 1 or self.channels_out < 1:
+            raise BnnOpError(OP, "input" if self.batch < 1 else "filter", "empty tensors are not supported")
+        self.depth = self.channels_in
+        self.blocks = packed_words(self.channels_out)  # output channels in blocks of one packed word
+
+    @property
+    def out_shape(self) -> list[int]:
+        if self.attrs["out_dtype"] == PACKED_DTYPE:
+            return [self.batch, packed_words(self.channels_out)]
+        return [self.batch, self.channels_out]
+
+
+def _attrs(call: relax.Call) -> dict:
+    return {k: attr(call, k) for k in ("channels_in", "activation", "out_dtype", "out_scale", "out_zero_point")}
+
+
+def _infer_type(call: relax.Call) -> relax.TensorType:
+    attrs = _attrs(call)
+    x_shape, x_dtype = static_shape(OP, "input", call.args[0])
+    w_shape, w_dtype = static_shape(OP, "filter", call.args[1])
+    expect_dtype(OP, "input", x_dtype, (PACKED_DTYPE,))
+    expect_dtype(OP, "filter", w_dtype, (PACKED_DTYPE,))
+    geometry = DenseGeometry(x_shape, w_shape, attrs)
+    check_transform_inputs(OP, call, attrs, geometry.channels_out)
+    return relax.TensorType(geometry.out_shape, attrs["out_dtype"])
+
+
+# ---------------------------------------------------------------- numpy reference
+
+
+def bdense_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) -> np.ndarray:
+    """Reference bdense on packed numpy arrays: ``attrs`` holds channels_in, activation, out_dtype,
+    out_scale and out_zero_point (the constructor's defaults where missing)."""
+    attrs = {"activation": "NONE", "out_dtype": "float32", "out_scale": 1.0, "out_zero_point": 0, **attrs}
+    g = DenseGeometry(list(x.shape), list(w.shape), attrs)
+    xb = unpack_bits(x, g.channels_in).astype(np.int64)  # 1 where the value is -1
+    wb = unpack_bits(w, g.channels_in).astype(np.int64)
+    accum = xb @ (1 - wb).T + (1 - xb) @ wb.T  # the bits where x and w differ
+    if attrs["out_dtype"] == PACKED_DTYPE:
+        return packed_output_ref(accum, thresholds)
+    return scaled_output_ref(accum, attrs, g.depth, multiplier, bias)
+
+
+# ---------------------------------------------------------------- TE computes
+#
+# As for bconv2d, the filter blocking and the folded output constants are
+# functions of their own, which FoldConstant evaluates at compile time.
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def accumulation_for(target, g: DenseGeometry) -> str:
+    """``halfwords`` (NEON popcount into u16 lanes) on ARM when the lanes cannot overflow, else ``words``."""
+    if target is None or "arm_cpu" not in list(target.keys):
+        return "words"
+    chunks = _round_up(g.words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
+    # Each chunk adds at most 16 to a lane (C up to 2^19 fits).
+    return "halfwords" if chunks * 16 <= UINT16_MAX else "words"
+
+
+def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
+    """The filter [Cout, words] in blocks of 32 output channels, zero beyond Cout.
+
+    ``words``: [block, word, channel]: channels contiguous, the vector lanes.
+    ``halfwords``: [block, channel, word]: words contiguous and padded to whole 128-bit chunks.
+    """
+    channels_out, words = (int(d) for d in w.shape)
+    blocks = packed_words(channels_out)
+    zero = tirx.const(0, PACKED_DTYPE)
+
+    def weight(block, c, lane):
+        o = block * CHANNEL_BLOCK + lane
+        inside = tirx.all(o < channels_out, c < words)
+        return tirx.if_then_else(inside, w[tirx.min(o, channels_out - 1), tirx.min(c, words - 1)], zero)
+
+    if accumulation == "words":
+        return te.compute((blocks, words, CHANNEL_BLOCK), weight, name="bdense_filter_blocked")
+    padded = _round_up(words, WORDS_PER_CHUNK)
+    return te.compute((blocks, CHANNEL_BLOCK, padded), lambda b, lane, c: weight(b, c, lane),
+                      name="bdense_filter_blocked")
+
+
+def bdense_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulation: str = "words"):
+    r"""Binary dense layer on a blocked filter (see :func:`blocked_filter_compute`).
+
+    .. math::
+        a[n, o] = \sum_{c=0}^{\lceil C/32 \rceil - 1} \mathrm{popcount}\big(x[n, c] \oplus w[o, c]\big),
+        \qquad \mathrm{dot}[n, o] = C - 2\,a[n, o]
+
+    (tail bits are 0 in both operands, so they never count), then the output
+    transform of :mod:`._output_transform` with depth :math:`K = C`:
+
+    .. math::
+        y[n, o] = \mathrm{float}\big(\mathrm{clamp}(2 a[n, o], l', h')\big) \cdot m'_o + b'_o
+
+    for float32 and int8 (rounded half away from zero, saturated), where
+    :math:`m', b'` are ``params`` (the folded multiplier and bias), or
+    :math:`\mathrm{bit}_o\, y[n, \lfloor o/32 \rfloor] = [a[n, o] > t_o]` for
+    packed output (``params`` the thresholds :math:`t`). ``accumulation`` says
+    how the popcounts are summed: per word into int32 (``words``), or per 16-bit
+    lane of 128-bit chunks into uint16 lanes summed afterwards (``halfwords``,
+    NEON's uadalp).
+    """
+    g = DenseGeometry([int(d) for d in x.shape], list(filter_shape), attrs)
+    if accumulation == "words":
+        accum = _accumulate_words(x, w_blocked, g)
+    else:
+        accum = _accumulate_halfwords(x, w_blocked, g)
+    if attrs["out_dtype"] == PACKED_DTYPE:
+        return packed_output_compute(accum, params[0], g.channels_out, name="bdense_output")
+    multiplier, bias = params
+    return scaled_output_compute(accum, multiplier, bias, depth=g.depth, activation=attrs["activation"],
+                                 out_dtype=attrs["out_dtype"], channels_out=g.channels_out, name="bdense_output")
+
+
+def _accumulate_words(x, w_blocked, g: DenseGeometry):
+    c = te.reduce_axis((0, g.words), name="c")
+
+    def accumulate(n, o):
+        wv = w_blocked[o // CHANNEL_BLOCK, c, o % CHANNEL_BLOCK]
+        return te.sum(tirx.popcount(tirx.bitwise_xor(x[n, c], wv)), axis=c)
+
+    return te.compute((g.batch, g.blocks * CHANNEL_BLOCK), accumulate, name="bdense_accum",
+                      attrs={"schedule_rule": RULE})
+
+
+def _accumulate_halfwords(x, w_blocked, g: DenseGeometry):
+    padded_words = int(w_blocked.shape[2])
+    if padded_words != g.words:  # zero words (+1 in both operands) XOR to 0: they count nothing
+        source = x
+        x = te.compute(
+            (g.batch, padded_words),
+            lambda n, c: tirx.if_then_else(c < g.words, source[n, tirx.min(c, g.words - 1)],
+                                           tirx.const(0, PACKED_DTYPE)),
+            name="bdense_pad",
+        )
+    k = te.reduce_axis((0, padded_words // WORDS_PER_CHUNK), name="k")
+
+    def lane_count(n, o, lane):
+        word = k * WORDS_PER_CHUNK + lane // 2
+        # In int64 because relax makes every index int64 and the lane index takes part in the shift.
+        bits = tirx.bitwise_xor(x[n, word], w_blocked[o // CHANNEL_BLOCK, o % CHANNEL_BLOCK, word]).astype("int64")
+        half = tirx.bitwise_and(tirx.shift_right(bits, lane % 2 * 16), tirx.const(UINT16_MAX, "int64"))
+        return te.sum(tirx.popcount(half).astype("uint16"), axis=k)
+
+    lanes = te.compute((g.batch, g.blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count, name="bdense_lanes",
+                       attrs={"schedule_rule": RULE})
+    lane = te.reduce_axis((0, HALFWORD_LANES), name="lane")
+    return te.compute(lanes.shape[:2], lambda n, o: te.sum(lanes[n, o, lane].astype("int32"), axis=lane),
+                      name="bdense_accum")
+
+
+def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    attrs = _attrs(call)
+    x, w = call.args[:2]
+    x_shape, _ = static_shape(OP, "input", x)
+    w_shape, _ = static_shape(OP, "filter", w)
+    g = DenseGeometry(x_shape, w_shape, attrs)
+    accumulation = accumulation_for(tvm.target.Target.current(allow_none=True), g)
+    w_blocked = bb.emit(bb.call_te(blocked_filter_compute, w, accumulation,
+                                   primfunc_name_hint="bnn_bdense_block_filter"))
+    if attrs["out_dtype"] == PACKED_DTYPE:
+        params = [call.args[2]]
+    else:
+        params = legalize_folded_constants(bb, call, attrs, g.depth, "bdense")
+    return bb.call_te(bdense_compute, x, w_blocked, *params, attrs=attrs, filter_shape=w_shape,
+                      accumulation=accumulation, primfunc_name_hint="bnn_bdense")
+
+
+register_op(OP, "Binary fully-connected layer on bitpacked [batch, words] input.", _infer_type, _legalize)
