@@ -181,3 +181,32 @@ def random_input(shape, dtype="float32", seed: int = 0) -> np.ndarray:
     if dtype == "int8":
         return rng.integers(-128, 128, size=shape, dtype=np.int8)
     return rng.standard_normal(shape).astype(dtype)
+
+
+def convert_stock(model) -> bytes:
+    """Convert a Keras model with TensorFlow's own TFLite converter: float ops only, no LCE.
+
+    Larq layers come out as SIGN, PADV2 and CONV_2D / FULLY_CONNECTED with +-1 (or, with a batch-norm
+    folded in, +-s) filters, which ``bnn_tvm.transform.recognize_binary_layers`` turns back into
+    binary ops.
+    """
+    return _tf().lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def cached_stock_tflite(case, builder=None) -> Path:
+    """The .tflite of ``case`` converted by ``convert_stock`` once and cached under CACHE_DIR.
+
+    Named ``<name>-float-<recipe hash>``, the file ``benchmarks/bench.py`` caches its float models as.
+    """
+    path = CACHE_DIR / f"{case.name}-float-{recipe_hash(case.recipe())}.tflite"
+    if not path.exists():
+        _write_atomically(path, convert_stock((builder or keras_model)(case)))
+    return path
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write through a temporary file, so that an interrupted conversion never leaves a broken cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

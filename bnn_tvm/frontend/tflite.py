@@ -2,7 +2,12 @@
 
 LCE's custom ops (LceQuantize, LceDequantize, LceBconv2d, LceBMaxPool2d) become
 ``relax.bnn.*`` ops; every builtin op goes through TVM's own TFLite converter,
-which this module extends by subclassing its ``OperatorConverter``.
+which this module extends by subclassing its ``OperatorConverter`` (and corrects
+where TVM 0.27's conversion does not run: SPACE_TO_BATCH_ND, BATCH_TO_SPACE_ND).
+
+A Larq model converted by the stock TFLite converter has no custom ops: its
+binary layers arrive as float ops, which ``bnn_tvm.transform``'s
+``RecognizeBinaryLayers`` turns into ``relax.bnn.*`` ops.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             "LceBMaxPool2d": self.convert_lce_bmaxpool2d,
         }
         self.convert_map["CUSTOM"] = self.convert_lce_custom
+        # TVM 0.27 emits these as calls of TE functions that do not exist at run time ("topi.nn.*").
+        self.convert_map["SPACE_TO_BATCH_ND"] = self.convert_space_to_batch_nd
+        self.convert_map["BATCH_TO_SPACE_ND"] = self.convert_batch_to_space_nd
         self._current_index = -1
 
     # ------------------------------------------------------------ checks
@@ -110,6 +118,12 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
         actual = [int(d) for d in ty.shape.values] if all(
             isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values) else None
         if actual is None or actual == declared:
+            return expr
+        # A dynamic batch (-1 in the signature) is stored as 1 even where the op changes it
+        # (SPACE_TO_BATCH_ND multiplies it by the block size): only the static axes are declared.
+        signature = tensor.tensor.ShapeSignatureAsNumpy() if tensor.tensor.ShapeSignatureLength() else None
+        if signature is not None and len(signature) == len(actual) and all(
+                s < 0 or a == d for s, a, d in zip(signature, actual, declared, strict=True)):
             return expr
         if int(np.prod(actual)) != int(np.prod(declared)):
             raise UnsupportedModelError(
@@ -234,6 +248,57 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             padding=padding,
         )
 
+    # ------------------------------------------------------------ builtins TVM converts wrongly
+
+    def _block_and_pairs(self, op, name: str):
+        x, block, pairs = self.get_input_tensors(op)
+        block = [int(b) for b in self._constant(block, name, "block shape")]
+        pairs = [[int(p) for p in pair] for pair in self._constant(pairs, name, "paddings or crops")]
+        shape = [int(d) for d in self.get_tensor_expr(x).ty.shape.values]
+        if len(pairs) != len(block) or len(shape) < len(block) + 1:
+            raise self._fail(name, f"block shape {block} and paddings/crops {pairs} do not fit the input {shape}")
+        return x, block, pairs, shape
+
+    def convert_space_to_batch_nd(self, op):
+        """SPACE_TO_BATCH_ND: pad the M block axes with zeros (the zero point), split each into
+        (size / b, b), move the b axes in front of the batch and merge them into it."""
+        name = "SPACE_TO_BATCH_ND"
+        x, block, paddings, shape = self._block_and_pairs(op, name)
+        spatial = len(block)
+        rest = shape[spatial + 1:]
+        pad_value = float(self._zero_point(x)) if self._dtype(x, name, "input") == "int8" else 0.0
+        padded = [size + before + after for size, (before, after) in zip(shape[1:spatial + 1], paddings, strict=True)]
+        if any(size % b for size, b in zip(padded, block, strict=True)):
+            raise self._fail(name, f"padded sizes {padded} are not multiples of the block shape {block}")
+        y = tvm.relax.op.nn.pad(self.get_tensor_expr(x), [0, 0, *(p for pair in paddings for p in pair),
+                                                          *[0] * (2 * len(rest))], "constant", pad_value)
+        split = [shape[0], *(d for size, b in zip(padded, block, strict=True) for d in (size // b, b)), *rest]
+        y = tvm.relax.op.reshape(y, split)
+        block_axes = [2 + 2 * i for i in range(spatial)]
+        y = tvm.relax.op.permute_dims(y, [*block_axes, 0, *(a - 1 for a in block_axes),
+                                          *range(2 * spatial + 1, len(split))])
+        return tvm.relax.op.reshape(
+            y, [int(np.prod(block)) * shape[0], *(size // b for size, b in zip(padded, block, strict=True)), *rest])
+
+    def convert_batch_to_space_nd(self, op):
+        """BATCH_TO_SPACE_ND, the inverse: split the batch into (b_1 .. b_M, batch), interleave each b
+        with its axis, merge, then crop."""
+        name = "BATCH_TO_SPACE_ND"
+        x, block, crops, shape = self._block_and_pairs(op, name)
+        spatial = len(block)
+        rest = shape[spatial + 1:]
+        if shape[0] % int(np.prod(block)):
+            raise self._fail(name, f"batch {shape[0]} is not a multiple of the block shape {block}'s size")
+        batch, sizes = shape[0] // int(np.prod(block)), shape[1:spatial + 1]
+        y = tvm.relax.op.reshape(self.get_tensor_expr(x), [*block, batch, *sizes, *rest])
+        interleaved = [axis for i in range(spatial) for axis in (spatial + 1 + i, i)]
+        y = tvm.relax.op.permute_dims(y, [spatial, *interleaved, *range(2 * spatial + 1, 2 * spatial + 1 + len(rest))])
+        merged = [size * b for size, b in zip(sizes, block, strict=True)]
+        y = tvm.relax.op.reshape(y, [batch, *merged, *rest])
+        return tvm.relax.op.strided_slice(
+            y, axes=list(range(1, spatial + 1)), begin=[before for before, _ in crops],
+            end=[size - after for size, (_, after) in zip(merged, crops, strict=True)])
+
     def _scale_zero_point(self, tensor) -> tuple[float, int]:
         quant = tensor.tensor.Quantization()
         if quant is None or quant.ScaleLength() != 1:
@@ -245,7 +310,7 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
 
 
 def from_tflite(model: str | os.PathLike | bytes) -> tvm.IRModule:
-    """Import an LCE-converted (or plain) .tflite model, from a path or its bytes, into Relax.
+    """Import an LCE-converted (or stock-converted) .tflite model, from a path or its bytes, into Relax.
 
     Raises
     ------

@@ -9,10 +9,31 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .binary_maxpool import MaxPoolBeforeQuantize
+from .bitpacked_output import BitpackedOutput
+from .cancel_quantize import CancelQuantizePairs
+from .fold_output_transform import FoldOutputTransform
+from .recognize_binary_layers import RecognizeBinaryLayers
+
 
 def passes() -> list[tvm.transform.Pass]:
     """The graph passes in the order ``optimize`` runs them."""
-    return [relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+    # Binary layers are recognized on folded constants (TVM's TFLite frontend transposes dense weights
+    # with an op); the float binarization they replace is left to DeadCodeElimination.
+    # Each rewrite reads use counts, so dead code is removed before the next one looks.
+    cleanup = [relax.transform.EliminateCommonSubexpr(), relax.transform.DeadCodeElimination()]
+    return [
+        relax.transform.FoldConstant(),
+        RecognizeBinaryLayers(),
+        *cleanup,
+        FoldOutputTransform(),
+        *cleanup,
+        MaxPoolBeforeQuantize(),
+        *cleanup,
+        BitpackedOutput(),
+        CancelQuantizePairs(),
+        *cleanup,
+    ]
 
 
 def optimize(mod: tvm.IRModule) -> tvm.IRModule:
