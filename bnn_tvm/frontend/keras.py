@@ -270,11 +270,13 @@ class _KerasImporter:
         channels_in = _shape(x)[-1]
         channels_out = kernel.shape[-1]
         packed = self.bb.emit(ops.quantize(x))
+        # SAME that pads nothing (1x1 kernels) is VALID, which keeps fused activations and bitpacked output open.
+        pads = self._padding(layer.padding, _shape(x), kernel.shape[:2], strides, dilation)
+        padding = "SAME" if any(pads) else "VALID"
         return ops.bconv2d(
             packed, relax.const(_pack_filter(kernel)), channels_in=channels_in,
             multiplier=relax.const(scale), bias=relax.const(np.zeros(channels_out, np.float32)),
-            strides=strides, dilations=dilation, padding=layer.padding.upper(),
-            pad_value=int(pad_value) if layer.padding == "same" else 1)
+            strides=strides, dilations=dilation, padding=padding, pad_value=int(pad_value) if any(pads) else 1)
 
     def _dense(self, layer, x):
         kernel = layer.kernel.numpy()
