@@ -63,7 +63,7 @@ BINARY_CONVS = {
     "zero-padding": dict(padding="same", pad_values=0.0),
     "valid-stride-2": dict(padding="valid", strides=2),
     "dilated": dict(padding="same", pad_values=1.0, dilation_rate=2),
-    "grouped": dict(padding="same", pad_values=1.0, groups=2),
+    "grouped": dict(padding="same", pad_values=1.0, groups=2),  # on 64 channels: 32 per group
     "approx-sign-magnitude-aware": dict(padding="same", pad_values=1.0, input_quantizer="approx_sign",
                                         kernel_quantizer="magnitude_aware_sign"),
     "swish-sign-with-bias-and-relu": dict(padding="valid", input_quantizer="swish_sign", use_bias=True,
@@ -76,11 +76,33 @@ def test_quant_conv2d_becomes_bconv2d(name, build_and_load):
     options = {"input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign", "use_bias": False,
                **BINARY_CONVS[name]}
     tf.keras.utils.set_random_seed(1)
-    model = _single_layer_model(lq.layers.QuantConv2D(24, 3, **options))
+    channels = 64 if options.get("groups", 1) > 1 else CHANNELS
+    model = _single_layer_model(lq.layers.QuantConv2D(24, 3, **options), channels=channels)
     if options["use_bias"]:
         model.layers[1].bias.assign(np.random.default_rng(0).standard_normal(24).astype("float32"))
     used = _ops(optimize(from_keras(model)))
     assert used.get("relax.bnn.bconv2d") == 1 and "relax.nn.conv2d" not in used
+    _check_against_keras(model, build_and_load)
+
+
+def test_grouped_conv_with_groups_not_in_whole_words_is_exact_in_float(build_and_load):
+    tf.keras.utils.set_random_seed(1)
+    layer = lq.layers.QuantConv2D(24, 3, padding="same", groups=2, input_quantizer="ste_sign",
+                                  kernel_quantizer="ste_sign", use_bias=False)
+    model = _single_layer_model(layer)  # 20 channels per group
+    assert "relax.bnn.bconv2d" not in _ops(optimize(from_keras(model)))
+    _check_against_keras(model, build_and_load)
+
+
+def test_prelu_reading_a_binary_conv_twice(build_and_load):
+    """Real-to-Binary Net's block: a scaled binary conv read by both halves of a PReLU."""
+    tf.keras.utils.set_random_seed(6)
+    x = tf.keras.Input((SIZE, SIZE, CHANNELS))
+    y = lq.layers.QuantConv2D(32, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", use_bias=False)(x)
+    y = tf.keras.layers.PReLU(shared_axes=[1, 2])(y)
+    model = tf.keras.Model(x, y)
+    model.layers[-1].alpha.assign(np.full((1, 1, 32), 0.25, "float32"))
     _check_against_keras(model, build_and_load)
 
 

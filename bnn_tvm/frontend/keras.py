@@ -245,7 +245,10 @@ class _KerasImporter:
         kernel_size = kernel.shape[:2]
         pad_value = float(getattr(layer, "pad_values", 0.0))
         binary_input, scale = _is_sign(input_quantizer), _binary_scale(kernel)
-        if binary_input and scale is not None and not depthwise and pad_value in (0.0, 1.0):
+        groups = 1 if depthwise else _shape(x)[-1] // kernel.shape[2]
+        # bconv2d packs each group into whole words; other groupings compute the same +-1 products in float.
+        packable = not depthwise and (groups == 1 or kernel.shape[2] % 32 == 0)
+        if binary_input and scale is not None and packable and pad_value in (0.0, 1.0):
             y = self._bconv2d(layer, x, kernel, scale, strides, dilation, pad_value)
         else:
             self._warn_float(layer, input_quantizer, binary_input, kernel_quantizer, scale)
@@ -255,13 +258,10 @@ class _KerasImporter:
                 x = self.bb.emit(relax.op.nn.pad(x, [0, 0, pads[0], pads[2], pads[1], pads[3], 0, 0],
                                                  pad_value=pad_value))
                 pads = [0, 0, 0, 0]
-            channels = _shape(x)[-1]
             if depthwise:
-                weight = kernel.reshape(*kernel_size, -1, 1)
-                layout, groups = "HWOI", channels
+                weight, layout, groups = kernel.reshape(*kernel_size, -1, 1), "HWOI", _shape(x)[-1]
             else:
                 weight, layout = kernel, "HWIO"
-                groups = channels // kernel.shape[2]
             y = relax.op.nn.conv2d(x, relax.const(weight.astype(np.float32)), strides=strides, padding=pads,
                                    dilation=dilation, groups=groups, data_layout="NHWC", kernel_layout=layout)
         return self._bias_and_activation(layer, y)

@@ -79,13 +79,11 @@ def rewrite_calls(rewrite: Callable[[relax.Call, Graph], "relax.Expr | None"], n
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updated = {}
+        functions = dict(mod.functions_items())
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                updated[gvar] = _Rewriter(mod, _use_counts(func)).visit_expr(func)
-        for gvar, func in updated.items():
-            mod[gvar] = func
-        return mod
+                functions[gvar] = _Rewriter(mod, _use_counts(func)).visit_expr(func)
+        return tvm.IRModule(functions, attrs=mod.attrs)
 
     return run
 
