@@ -3,7 +3,8 @@
 The search spaces are our schedule rules themselves (registered with MetaSchedule
 by ``strategies``): their ``sample_perfect_tile`` / ``sample_categorical`` knobs
 default to what the untuned build uses, and MetaSchedule's evolutionary search,
-guided by its XGBoost cost model, varies them. Float kernels (TVM's own ops)
+guided by its XGBoost cost model, varies them. A structural alternative a rule
+declares (the ARM bconv not tensorized) is a design space of its own. Float kernels (TVM's own ops)
 are tuned with MetaSchedule's default CPU rules unless ``only_binary``.
 
 The records go to a MetaSchedule JSON database in the log folder, written
@@ -186,13 +187,44 @@ class AtomicJSONDatabase(ms.database.PyDatabase):
         return len(self._memory)
 
 
-def _binary_space() -> ms.space_generator.PostOrderApply:
-    """Only our rule for blocks it tags; nothing else rewrites what it scheduled."""
-    return ms.space_generator.PostOrderApply(
-        sch_rules=[ms.schedule_rule.ApplyCustomRule()],
-        postprocs=[ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteReductionBlock()],
-        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
-    )
+def _binary_rules() -> tuple[list, list, dict]:
+    """Schedule rules, postprocessors and mutators of binary kernels: only our rule for blocks it tags,
+    nothing else rewrites what it scheduled, and the knobs are perfect tiles."""
+    return ([ms.schedule_rule.ApplyCustomRule()],
+            [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteReductionBlock()],
+            {ms.mutator.MutateTileSize(): 1.0})
+
+
+@derived_object
+class BinarySpace(ms.space_generator.PySpaceGenerator):
+    """The design spaces of a binary kernel: its schedule rule as is, and once per alternative it declares.
+
+    A trace can change its decisions, not its instructions, so a structural choice (to tensorize or
+    not) is a design space of its own: the rule is generated again inside
+    ``schedules.generic._util.choosing(name)`` for every declared alternative, and the spaces that
+    differ from the default are added.
+    """
+
+    def __init__(self):
+        self.sch_rules, self.postprocs, self.mutator_probs = _binary_rules()
+        self._apply = ms.space_generator.PostOrderApply(None, *_binary_rules())
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self._apply._initialize_with_tune_context(context)
+
+    def generate_design_space(self, mod: tvm.IRModule) -> list:
+        from .schedules.generic._util import ALTERNATIVES, choosing
+
+        spaces = []
+        for names in [(), *((name,) for name in ALTERNATIVES)]:
+            with choosing(*names):
+                for space in self._apply.generate_design_space(mod):
+                    if not any(tvm_ffi.structural_equal(space.mod, known.mod) for known in spaces):
+                        spaces.append(space)
+        return spaces
+
+    def clone(self) -> BinarySpace:
+        return BinarySpace()
 
 
 def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
@@ -336,7 +368,7 @@ def tune(
     for (task, binary), logger, seed in zip(tasks, loggers, ms.utils.fork_seed(None, n=len(tasks)), strict=True):
         contexts.append(ms.TuneContext(
             mod=task.dispatched[0], target=task.target,
-            space_generator=_binary_space() if binary else "post-order-apply",
+            space_generator=BinarySpace() if binary else "post-order-apply",
             search_strategy=_search(trials), task_name=task.task_name, logger=logger, rand_state=seed,
             num_threads="physical",
         ).clone())

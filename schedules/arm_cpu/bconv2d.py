@@ -5,6 +5,10 @@ cnt, uadalp) over 128-bit chunks, on a register tile of ``col_tile`` output
 pixels x 4 output channels x 8 u16 lanes: the input chunk is loaded once per
 pixel and reused across the 4 channels, each filter chunk once per channel and
 reused across the pixels. Rows run in parallel.
+
+Knobs (defaults in brackets): the column tile [4 or 2, whichever divides the
+width] and the channel tile [4]. Alternative design space for tuning: the lane
+loop vectorized by LLVM instead of tensorized [tensorized].
 """
 
 from __future__ import annotations
@@ -14,11 +18,22 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile
+from ..generic._util import (
+    blocks_by_name,
+    chosen,
+    declare_alternative,
+    inline_epilogues,
+    parallel_rows,
+    sample_column_tile,
+    sample_split,
+)
 from .intrin import popcount_acc_intrin
 
 COLUMN_TILES = (4, 2)
 CHANNEL_TILE = 4
+MAX_CHANNEL_TILE = 8
+VECTORIZED_LANES = declare_alternative(
+    "arm_bconv2d_vectorized_lanes", "the NEON bconv's lane loop vectorized by LLVM instead of tensorized")
 
 
 @register(RULE, ("arm_cpu",))
@@ -33,19 +48,24 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 2: tile pixels x channels x lanes; rows parallel.
-    # Knob: the column tile.
+    # Knobs: the column tile and the channel tile (together, the register tile).
     n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
     w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
-    o_outer, o_inner = sch.split(o, [None, CHANNEL_TILE])
+    o_outer, o_inner = sample_split(sch, o, CHANNEL_TILE, max_inner=MAX_CHANNEL_TILE)
     sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
     sch.parallel(sch.fuse(n, h))
 
     # Step 3: u16 lanes in registers, zeroed before the reduction; the lane loop becomes eor/cnt/uadalp.
+    # (Alternatively LLVM vectorizes it: before the reduction is split off its init, as vectorize wants.)
     tile = sch.cache_write(lanes, 0, "local")
     sch.reverse_compute_at(tile, o_outer)
+    vectorized = chosen(VECTORIZED_LANES)
+    if vectorized:
+        sch.vectorize(lane)
     init = sch.decompose_reduction(lanes, p)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
+    if not vectorized:
+        sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
     sch.unroll(w_inner)
     sch.unroll(o_inner)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+
 from tvm import s_tir
 
 from .parallel import schedule_generic
@@ -28,10 +32,7 @@ def sample_column_tile(sch: s_tir.Schedule, loop, candidates: tuple[int, ...]):
     The default decision, which the untuned build uses, is the largest of ``candidates`` dividing
     the extent; MetaSchedule varies it (up to 8) when tuning.
     """
-    width = extent(sch, loop)
-    tile = largest_divisor(width, candidates)
-    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8, decision=[width // tile, tile])
-    return sch.split(loop, factors)
+    return sample_split(sch, loop, largest_divisor(extent(sch, loop), candidates), max_inner=8)
 
 
 def parallel_rows(sch: s_tir.Schedule, block, spatial_loops: int = 2):
@@ -45,9 +46,69 @@ def parallel_rows(sch: s_tir.Schedule, block, spatial_loops: int = 2):
 def inline_epilogues(sch: s_tir.Schedule, block) -> None:
     """Fold elementwise consumers of ``block`` (fused in by FuseOps) into it; schedule the rest generically."""
     while consumers := sch.get_consumers(block):
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            for consumer in consumers:
-                schedule_generic(sch, consumer)
-            return
+        # Only a sole reader is inlined: TVM would inline one of several and leave the others reading a
+        # buffer no block writes any more.
+        if len(consumers) == 1:
+            try:
+                sch.reverse_compute_inline(consumers[0])
+                continue
+            except s_tir.ScheduleError:
+                pass
+        for consumer in consumers:
+            schedule_generic(sch, consumer)
+        return
+
+
+def sample_split(sch: s_tir.Schedule, loop, inner: int, max_inner: int):
+    """Split ``loop`` into (outer, inner) with a tunable perfect split: a knob replaying a trace can turn.
+
+    The default decision, which the untuned build uses, makes the inner extent ``inner``; MetaSchedule
+    tries the other divisors of the extent up to ``max_inner``.
+    """
+    width = extent(sch, loop)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(max_inner, inner),
+                                      decision=[width // inner, inner])
+    return sch.split(loop, factors)
+
+
+def sample_parallel(sch: s_tir.Schedule, loops, parallel: int, max_serial: int = 16):
+    """Run the leading spatial ``loops`` in parallel to a tunable depth; return (parallel, serial) loops.
+
+    The first ``parallel`` loops and the next one are fused and split; the outer part is parallel. The
+    default decision cuts at the next loop, which stays serial (``parallel_rows``); tuning moves the
+    cut into it, parallelizing it too or handing out coarser chunks (of up to ``max_serial`` iterations,
+    or the next loop's extent). Loops after the next one stay serial as they were.
+    """
+    fused_loops = loops[: parallel + 1]
+    serial = math.prod(extent(sch, loop) for loop in fused_loops[parallel:])
+    fused = sch.fuse(*fused_loops) if len(fused_loops) > 1 else fused_loops[0]
+    outer, inner = sample_split(sch, fused, serial, max_serial)
+    sch.parallel(outer)
+    return outer, inner
+
+
+# Structural choices a schedule offers besides its default (to tensorize or not, say): a trace cannot
+# switch instructions, so tuning generates one design space per choice (``bnn_tvm.tuning``).
+ALTERNATIVES: dict[str, str] = {}
+_CHOSEN: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("bnn_tvm_alternatives", default=frozenset())
+
+
+def declare_alternative(name: str, what: str) -> str:
+    """Declare the alternative ``name`` (``what`` it does), for tuning to offer as its own design space."""
+    ALTERNATIVES[name] = what
+    return name
+
+
+def chosen(name: str) -> bool:
+    """Whether the schedule being generated should take the alternative ``name`` (never, untuned)."""
+    return name in _CHOSEN.get()
+
+
+@contextlib.contextmanager
+def choosing(*names: str):
+    """Schedules generated inside take the alternatives ``names``."""
+    token = _CHOSEN.set(frozenset(names))
+    try:
+        yield
+    finally:
+        _CHOSEN.reset(token)

@@ -5,6 +5,11 @@ in parallel, a tile of output columns is held in registers (unrolled), and the
 32 output channels of one packed word are the vector lanes (two AVX-512
 registers of int32, whose popcount is VPOPCNTD where the CPU has it). The
 output transform runs on the tile while it is still in registers.
+
+Knobs (defaults in brackets): the column tile [4, 3 or 2, whichever divides the
+width], the vector width over output channels [32, one packed word: fewer
+lanes free registers where vectors are narrow, as on AVX2] and how far the
+reduction is unrolled [not at all].
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile
+from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile, sample_split
 
 COLUMN_TILES = (4, 3, 2)
 UNROLL_STEPS = (0, 16, 64, 512)
@@ -32,10 +37,10 @@ def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     inline_epilogues(sch, output)
 
     # Step 3: tile the accumulator: rows parallel, columns x one word of channels in registers.
-    # Knob: the column tile.
+    # Knobs: the column tile; the channels of the tile, which are its vector lanes.
     n, h, w, o, p, q, c = sch.get_loops(accum)
     w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
-    o_outer, o_inner = sch.split(o, [None, CHANNEL_BLOCK])
+    o_outer, o_inner = sample_split(sch, o, CHANNEL_BLOCK, max_inner=CHANNEL_BLOCK)
     sch.reorder(n, h, w_outer, o_outer, p, q, c, w_inner, o_inner)
     rows = sch.fuse(n, h)
     sch.parallel(rows)

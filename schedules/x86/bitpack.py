@@ -2,6 +2,11 @@
 
 Elementwise producers fused into quantize by FuseOps (a batch-norm's add, say)
 are inlined, so the float values are packed as they are computed.
+
+Knobs (defaults in brackets): quantize, how deep into the leading loops the
+parallel part goes [the first two] and how much of the 32-bit reduction is
+unrolled [all of it]; dequantize, the same parallel depth and the vector width
+over channels [32 where it divides them, else none].
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from tvm import s_tir
 
 from ...relay_ops.bitpack import DEQUANTIZE_RULE, QUANTIZE_RULE
 from ...strategies import register
-from ..generic._util import extent, parallel_rows
+from ..generic._util import extent, sample_parallel, sample_split
+
+VECTOR_LANES = 32
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:
@@ -25,22 +32,25 @@ def _inline_producers(sch: s_tir.Schedule, block) -> None:
 def schedule_quantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     # Step 1: compute fused elementwise producers in place.
     _inline_producers(sch, block)
-    loops = sch.get_loops(block)
-    # Step 2: parallel over the leading axes; the 32-bit reduction is unrolled so
-    # LLVM turns compare-and-shift into vector compares and a mask.
-    if len(loops) > 2:
-        parallel_rows(sch, block, min(len(loops) - 2, 2))
-    sch.unroll(sch.get_loops(block)[-1])
+    *leading, _words, bit = sch.get_loops(block)
+    # Step 2: parallel over the leading axes. Knob: how deep.
+    if leading:
+        sample_parallel(sch, leading, min(len(leading), 2))
+    # Step 3: unroll the 32-bit reduction, so that LLVM turns compare-and-shift into vector compares and
+    # a mask. Knob: how much of it.
+    _, unrolled = sample_split(sch, bit, 32, max_inner=32)
+    sch.unroll(unrolled)
     return sch
 
 
 @register(DEQUANTIZE_RULE, ("cpu",))
 def schedule_dequantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
-    loops = sch.get_loops(block)
-    if len(loops) > 1:
-        parallel_rows(sch, block, min(len(loops) - 1, 2))
-    inner = sch.get_loops(block)[-1]
-    if extent(sch, inner) >= 32 and extent(sch, inner) % 32 == 0:
-        _, lanes = sch.split(inner, [None, 32])
-        sch.vectorize(lanes)
+    *leading, channels = sch.get_loops(block)
+    # Step 1: parallel over the leading axes. Knob: how deep.
+    if leading:
+        sample_parallel(sch, leading, min(len(leading), 2))
+    # Step 2: vectorize over channels, a word's 32 by default. Knob: the vector width (1: scalar).
+    _, lanes = sample_split(sch, channels, VECTOR_LANES if extent(sch, channels) % VECTOR_LANES == 0 else 1,
+                            max_inner=2 * VECTOR_LANES)
+    sch.vectorize(lanes)
     return sch

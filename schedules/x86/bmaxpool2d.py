@@ -1,4 +1,9 @@
-"""x86 schedule of binary max-pool: parallel over output rows, words innermost."""
+"""x86 schedule of binary max-pool: parallel over output rows, words innermost.
+
+Knobs (defaults in brackets): how deep into batch, rows and columns the
+parallel part goes [batch and rows], and the vector width over words [none:
+LLVM's own vectorizer].
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ from tvm import s_tir
 
 from ...relay_ops.bmaxpool2d import RULE
 from ...strategies import register
-from ..generic._util import parallel_rows
+from ..generic._util import sample_parallel, sample_split
+
+MAX_VECTOR_WORDS = 16
 
 
 @register(RULE, ("cpu",))
@@ -14,5 +21,9 @@ def schedule_bmaxpool2d(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     n, h, w, c, p, q = sch.get_loops(block)
     # Step 1: window loops outside the word loop, so the words vectorize.
     sch.reorder(n, h, w, p, q, c)
-    parallel_rows(sch, block)
+    # Step 2: parallel over the output rows. Knob: how deep.
+    sample_parallel(sch, [n, h, w], 2)
+    # Step 3: Knob: an explicit vector width over the words.
+    _, words = sample_split(sch, c, 1, max_inner=MAX_VECTOR_WORDS)
+    sch.vectorize(words)
     return sch
