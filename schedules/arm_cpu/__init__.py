@@ -1,3 +1,3 @@
 """Schedules for ARM CPUs (target key ``arm_cpu``): NEON popcount tensorized."""
 
-from . import bconv2d  # noqa: F401  (importing registers it)
+from . import bconv2d, bdense  # noqa: F401  (importing registers them)

@@ -112,3 +112,45 @@ def choosing(*names: str):
         yield
     finally:
         _CHOSEN.reset(token)
+
+
+def target_cores() -> int:
+    """The current target's ``num-cores`` (this machine's count if the target does not say)."""
+    import os
+
+    import tvm
+
+    target = tvm.target.Target.current(allow_none=True)
+    cores = target.attrs.get("num-cores") if target is not None else None
+    return int(cores) if cores else (os.cpu_count() or 1)
+
+
+def parallel_chunks(work: int, iterations: int, min_work: int) -> int:
+    """How many parallel chunks to cut ``iterations`` into by default: the largest divisor up to the target's
+    cores when ``work`` reaches ``min_work``, else 1 (TVM emits no thread launch for a parallel loop of 1)."""
+    if work < min_work:
+        return 1
+    return max(d for d in range(1, min(target_cores(), iterations) + 1) if iterations % d == 0)
+
+
+def vectorize_channels(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize ``loop`` by ``lanes``; a remainder that does not fill a vector is partitioned off, scalar
+    (a split with a bounds check would keep the whole loop scalar)."""
+    width = extent(sch, loop)
+    if width < lanes:
+        return
+    if width % lanes:
+        loop, _ = sch.loop_partition(loop, [width // lanes * lanes, None])
+    _, inner = sch.split(loop, [None, lanes])
+    sch.vectorize(inner)
+
+
+def sample_tiles(sch: s_tir.Schedule, loop, decision: list[int], max_inner: int):
+    """Split ``loop`` into ``len(decision)`` loops with one tunable perfect tiling, ``decision`` by default.
+
+    One sampling instruction for all the loops, so that MetaSchedule's tile mutator keeps their product
+    (nested 2-way splits would make each knob's valid values depend on the others' decisions).
+    """
+    factors = sch.sample_perfect_tile(loop, n=len(decision), max_innermost_factor=max(max_inner, decision[-1]),
+                                      decision=list(decision))
+    return sch.split(loop, factors)

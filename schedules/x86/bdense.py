@@ -13,21 +13,31 @@ A packed output is made from the tile while it is in registers (a tile is whole
 output words). A float or int8 output is one vectorized pass over [N, Cout]
 after the accumulation: done per tile, the last tile's bounds check on Cout
 would keep the whole transform scalar.
+
+Knobs (defaults in brackets): the channel tile [2 blocks where they divide, else
+1], the parallel chunks of channel tiles [the cores, from 2^18 word
+XOR-popcounts on; else 1], the row tile [4, 3 or 2, whichever divides N] and the
+word tile [4 or 2, whichever divides the words].
 """
 
 from __future__ import annotations
 
-import os
-
-import tvm
 from tvm import s_tir
 
 from ...relay_ops.bdense import CHANNEL_BLOCK, RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, extent, inline_epilogues, largest_divisor
+from ..generic._util import (
+    blocks_by_name,
+    extent,
+    inline_epilogues,
+    largest_divisor,
+    parallel_chunks,
+    sample_tiles,
+    vectorize_channels,
+)
 
-ROW_TILES = (4, 3, 2)
 CHANNEL_TILES = (2,)
+ROW_TILES = (4, 3, 2)
 WORD_TILES = (4, 2)
 OUTPUT_LANES = 16
 # Below this many XOR-popcounts of words (N * Cout * words), waking the thread pool costs more than a
@@ -35,61 +45,33 @@ OUTPUT_LANES = 16
 PARALLEL_MIN_WORDS = 1 << 18
 
 
-def _num_cores() -> int:
-    target = tvm.target.Target.current(allow_none=True)
-    cores = target.attrs.get("num-cores") if target is not None else None
-    return int(cores) if cores else (os.cpu_count() or 1)
-
-
-def parallel_chunks(work: int, outer: int, min_work: int) -> int:
-    """How many parallel chunks to cut ``outer`` iterations into: the largest divisor of ``outer`` up to
-    the target's cores when ``work`` pays for the threads, else 1 (a parallel loop of extent 1 costs nothing)."""
-    if work < min_work:
-        return 1
-    return max(d for d in range(1, min(_num_cores(), outer) + 1) if outer % d == 0)
-
-
-def vectorize_channels(sch: s_tir.Schedule, loop, lanes: int = OUTPUT_LANES) -> None:
-    """Vectorize ``loop`` by ``lanes``; a remainder that does not fill a vector is split off, scalar."""
-    width = extent(sch, loop)
-    if width < lanes:
-        return
-    if width % lanes:
-        loop, _ = sch.loop_partition(loop, [width // lanes * lanes, None])
-    _, inner = sch.split(loop, [None, lanes])
-    sch.vectorize(inner)
-
-
 @register(RULE, ("cpu",))
 def schedule_bdense(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     if sch.get(accum).name_hint != "bdense_accum":
         return None  # the "halfwords" accumulation is ARM's
     output = blocks_by_name(sch)["bdense_output"]
-    packed_output = len(sch.get_loops(output)) == 3  # the bit reduction
+    packed_output = len(sch.get_loops(output)) == 3  # batch, word, and the reduction over its bits
     # Step 1: elementwise epilogues fused by FuseOps (an activation, an add) join the output transform.
     inline_epilogues(sch, output)
 
-    # Step 2: tile channel blocks x batch rows x words. Knobs: the parallel split of the channel blocks,
-    # the channel tile (blocks in registers), the row tile and the word tile.
+    # Step 2: tile channel blocks (in parallel chunks) x batch rows x words.
     n, o, c = sch.get_loops(accum)
     batch, blocks, words = extent(sch, n), extent(sch, o) // CHANNEL_BLOCK, extent(sch, c)
     o_blocks, lanes = sch.split(o, [None, CHANNEL_BLOCK])
     channel_tile = largest_divisor(blocks, CHANNEL_TILES)
     chunks = parallel_chunks(batch * blocks * CHANNEL_BLOCK * words, blocks // channel_tile, PARALLEL_MIN_WORDS)
-    b_parallel, b_serial, b_tile = sch.split(o_blocks, sch.sample_perfect_tile(
-        o_blocks, n=3, max_innermost_factor=4, decision=[chunks, blocks // channel_tile // chunks, channel_tile]))
-    row_tile = largest_divisor(batch, ROW_TILES)
-    n_outer, n_inner = sch.split(n, sch.sample_perfect_tile(
-        n, n=2, max_innermost_factor=4, decision=[batch // row_tile, row_tile]))
-    word_tile = largest_divisor(words, WORD_TILES)
-    c_outer, c_inner = sch.split(c, sch.sample_perfect_tile(
-        c, n=2, max_innermost_factor=8, decision=[words // word_tile, word_tile]))
+    b_parallel, b_serial, b_tile = sample_tiles(
+        sch, o_blocks, [chunks, blocks // channel_tile // chunks, channel_tile], max_inner=4)
+    row_tile, word_tile = largest_divisor(batch, ROW_TILES), largest_divisor(words, WORD_TILES)
+    n_outer, n_inner = sample_tiles(sch, n, [batch // row_tile, row_tile], max_inner=4)
+    c_outer, c_inner = sample_tiles(sch, c, [words // word_tile, word_tile], max_inner=8)
     sch.reorder(b_parallel, b_serial, n_outer, c_outer, c_inner, n_inner, b_tile, lanes)
     sch.parallel(b_parallel)
 
     # Step 3: accumulate into a register tile, zeroed before the reduction.
+    # Unit loops kept throughout: the trace records how many loops each block has, whatever the knobs.
     tile = sch.cache_write(accum, 0, "local")
-    sch.reverse_compute_at(tile, n_outer)
+    sch.reverse_compute_at(tile, n_outer, preserve_unit_loops=True)
     sch.vectorize(lanes)
     sch.unroll(b_tile)
     sch.unroll(n_inner)
@@ -99,9 +81,9 @@ def schedule_bdense(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
 
     # Step 4: packed output words straight from the tile; float/int8 output in one vectorized pass.
     if packed_output:
-        sch.reverse_compute_at(output, n_outer)
+        sch.reverse_compute_at(output, n_outer, preserve_unit_loops=True)
         sch.compute_inline(tile)
     else:
         sch.vectorize(sch.get_loops(tile)[-1])
-        vectorize_channels(sch, sch.get_loops(output)[-1])
+        vectorize_channels(sch, sch.get_loops(output)[-1], OUTPUT_LANES)
     return sch

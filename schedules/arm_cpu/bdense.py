@@ -1,0 +1,132 @@
+"""ARM (NEON) schedule of binary dense, on the ``halfwords`` accumulation.
+
+The hot loop is the tensor intrinsic ``popcount_acc_1x8_u32u16_neon`` (eor,
+cnt, uadalp) over 128-bit chunks of 4 words, on a register tile of
+``row_tile`` batch rows x ``channel_tile`` output channels x 8 u16 lanes: each
+input chunk is loaded once per row and reused across the channels, each filter
+chunk (contiguous in the blocked filter) once per channel and reused across the
+rows. The chunk loop is unrolled by ``chunk_tile``. Batch is usually 1, so the
+work is split over output channels, in parallel when the layer is large enough
+to pay for waking the thread pool. The lanes are summed per channel on the tile;
+the output transform is one vectorized pass over [N, Cout] afterwards.
+
+Knobs (defaults in brackets): the channel tile [4], the parallel chunks of
+channel tiles [the cores, from 2^16 word XOR-popcounts on; else 1], the row tile
+[3 or 2, whichever divides N] and the chunk tile [2 where it divides].
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from ...relay_ops.bdense import RULE, WORDS_PER_CHUNK
+from ...strategies import register
+from ..generic._util import (
+    blocks_by_name,
+    extent,
+    inline_epilogues,
+    largest_divisor,
+    parallel_chunks,
+    sample_tiles,
+    vectorize_channels,
+)
+from .intrin import popcount_acc_intrin
+
+CHANNEL_TILE = 4
+MAX_CHANNEL_TILE = 8
+ROW_TILES = (3, 2)
+CHUNK_TILES = (2,)
+OUTPUT_LANES = 16
+# 2^16 words are 16k chunks at about 3.5 instructions each: some 20 us on one Cortex-A72 core, against a
+# few us to wake the thread pool (estimates: there is no ARM hardware here, and qemu's times mean nothing).
+PARALLEL_MIN_WORDS = 1 << 16
+LANE_SUM_NEON = "lane_sum_1x8_u16i32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _lane_sum_desc(
+    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(out[0], lanes[0:8])
+        T.writes(out[0])
+        for lane in T.serial(T.int64(8)):
+            with T.sblock("update"):
+                v_lane = T.axis.remap("R", [lane])
+                out[0] = out[0] + T.Cast("int32", lanes[v_lane])
+
+
+@T.prim_func(s_tir=True)
+def _lane_sum_impl(
+    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(out[0], lanes[0:8])
+        T.writes(out[0])
+        out[0] = out[0] + T.call_llvm_pure_intrin(
+            "int32", "llvm.aarch64.neon.uaddlv.i32.v8i16", lanes[T.ramp(T.int64(0), 1, 8)])
+
+
+# The sum of a channel's 8 u16 lanes in one uaddlv: as a loop, LLVM transposes the tile through the stack.
+TensorIntrin.register(LANE_SUM_NEON, _lane_sum_desc, _lane_sum_impl, override=True)
+
+
+def lane_sum_intrin(target) -> str | None:
+    """The lane-sum intrinsic for ``target``: aarch64 only (armv7 keeps the loop)."""
+    return LANE_SUM_NEON if "aarch64" in str(target.attrs.get("mtriple", "")) else None
+
+
+@register(RULE, ("arm_cpu",))
+def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
+    if sch.get(lanes).name_hint != "bdense_lanes":
+        return None  # the "words" accumulation: the generic CPU schedule serves it
+    blocks = blocks_by_name(sch)
+    accum, output = blocks["bdense_accum"], blocks["bdense_output"]
+    packed_output = len(sch.get_loops(output)) == 3  # batch, word, and the reduction over its bits
+    # Step 1: elementwise epilogues fused by FuseOps join the output transform.
+    inline_epilogues(sch, output)
+
+    # Step 2: tile channels (in parallel chunks) x batch rows x chunks of words.
+    n, o, lane, k = sch.get_loops(lanes)
+    batch, channels, chunks = extent(sch, n), extent(sch, o), extent(sch, k)
+    tiles = channels // CHANNEL_TILE
+    parallel = parallel_chunks(batch * channels * chunks * WORDS_PER_CHUNK, tiles, PARALLEL_MIN_WORDS)
+    o_parallel, o_serial, o_inner = sample_tiles(
+        sch, o, [parallel, tiles // parallel, CHANNEL_TILE], max_inner=MAX_CHANNEL_TILE)
+    row_tile, chunk_tile = largest_divisor(batch, ROW_TILES), largest_divisor(chunks, CHUNK_TILES)
+    n_outer, n_inner = sample_tiles(sch, n, [batch // row_tile, row_tile], max_inner=4)
+    k_outer, k_inner = sample_tiles(sch, k, [chunks // chunk_tile, chunk_tile], max_inner=4)
+    sch.reorder(o_parallel, o_serial, n_outer, k_outer, k_inner, n_inner, o_inner, lane)
+    sch.parallel(o_parallel)
+
+    # Step 3: u16 lanes in registers, zeroed before the reduction; the lane loop becomes eor/cnt/uadalp.
+    # Unit loops kept throughout: the trace records how many loops each block has, whatever the knobs.
+    tile = sch.cache_write(lanes, 0, "local")
+    sch.reverse_compute_at(tile, n_outer, preserve_unit_loops=True)
+    init = sch.decompose_reduction(lanes, k_outer)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
+    sch.unroll(k_inner)
+    sch.unroll(n_inner)
+    sch.unroll(o_inner)
+
+    # Step 4: lanes summed to int32 on the tile (uaddlv); the output transform in one pass, vectorized
+    # over channels (a packed output: its bit loop unrolled).
+    sch.reverse_compute_at(accum, n_outer, preserve_unit_loops=True)
+    sch.compute_inline(tile)
+    if lane_sum_intrin(tvm.target.Target.current()) is not None:
+        accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
+        sch.tensorize(sch.get_loops(accum)[-1], LANE_SUM_NEON)
+        sch.unroll(sch.get_loops(accum_init)[-1])
+    if "bdense_pad" in blocks:
+        sch.vectorize(sch.get_loops(blocks["bdense_pad"])[-1])
+    if packed_output:
+        sch.unroll(sch.get_loops(output)[-1])
+    else:
+        vectorize_channels(sch, sch.get_loops(output)[-1], OUTPUT_LANES)
+    return sch
