@@ -71,6 +71,15 @@ def load_model(model) -> tvm.IRModule:
                      f"models ({', '.join(KERAS_SUFFIXES)} or a SavedModel folder)")
 
 
+def import_model(model, graph_passes: bool = True) -> tvm.IRModule:
+    """``load_model`` then, unless ``graph_passes`` is False, the graph passes of ``bnn_tvm.transform``:
+    the module that compiling and tuning start from."""
+    from .transform import optimize
+
+    mod = load_model(model)
+    return optimize(mod) if graph_passes else mod
+
+
 INPUT_SIGNATURE = "bnn_input_signature"
 
 
@@ -117,10 +126,7 @@ def compile(model, target="host", tuning_records=None, report=None,  # noqa: A00
     the functions it has records of, and ``report(tuned, total)`` is told how many that was.
     ``graph_passes=False`` skips ``bnn_tvm.transform`` (to compare against what it optimizes).
     """
-    from .transform import optimize
-
-    mod = load_model(model)
-    mod = _with_input_signature(optimize(mod) if graph_passes else mod)
+    mod = _with_input_signature(import_model(model, graph_passes))
     tvm_target, preset = _targets.resolve(target)
     pipeline = _pipeline(tvm_target, tuning_records, report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)

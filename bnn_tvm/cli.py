@@ -113,16 +113,20 @@ def _random_input(shape, dtype, seed: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(dtype)
 
 
+MODEL_HELP = "a .tflite file (LCE-converted or stock) or a Keras/Larq model (.h5, .keras, SavedModel folder)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bnn-tvm",
-        description="Compile binarized neural networks (LCE-converted .tflite) with Apache TVM.",
+        description="Compile binarized neural networks (Keras/Larq models, LCE-converted or stock .tflite) "
+                    "with Apache TVM.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     compile_cmd = commands.add_parser("compile", help="compile a model to a deployable .so",
-                                      description="Compile a .tflite model into one shared library.")
-    compile_cmd.add_argument("model", help="an LCE-converted (or plain) .tflite file")
+                                      description="Compile a model into one shared library.")
+    compile_cmd.add_argument("model", help=MODEL_HELP)
     compile_cmd.add_argument("--target", default="host", help="target preset (default: host)")
     compile_cmd.add_argument("-o", "--output", required=True, help="the .so to write")
     compile_cmd.add_argument("--tuning-records", help="a folder written by `bnn-tvm tune`: use its best schedules")
@@ -132,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Search faster schedules for a model's kernels, locally or on a "
                                                "board through an RPC tracker; records go to --log and resume "
                                                "from there.")
-    tune_cmd.add_argument("model", help="an LCE-converted (or plain) .tflite file")
+    tune_cmd.add_argument("model", help=MODEL_HELP)
     tune_cmd.add_argument("--target", default="host", help="target preset (default: host)")
     tune_cmd.add_argument("--trials", type=int, default=64, help="measurements per kernel (default 64)")
     tune_cmd.add_argument("--log", required=True, help="folder of the tuning database (created; resumed)")

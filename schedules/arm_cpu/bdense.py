@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir
-from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
 
 from ...relay_ops.bdense import RULE, WORDS_PER_CHUNK
 from ...strategies import register
@@ -33,7 +31,7 @@ from ..generic._util import (
     sample_tiles,
     vectorize_channels,
 )
-from .intrin import popcount_acc_intrin
+from .intrin import lane_sum_intrin, popcount_acc_intrin
 
 CHANNEL_TILE = 4
 MAX_CHANNEL_TILE = 8
@@ -43,44 +41,6 @@ OUTPUT_LANES = 16
 # 2^16 words are 16k chunks at about 3.5 instructions each: some 20 us on one Cortex-A72 core, against a
 # few us to wake the thread pool (estimates: there is no ARM hardware here, and qemu's times mean nothing).
 PARALLEL_MIN_WORDS = 1 << 16
-LANE_SUM_NEON = "lane_sum_1x8_u16i32_neon"
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_desc(
-    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0], lanes[0:8])
-        T.writes(out[0])
-        for lane in T.serial(T.int64(8)):
-            with T.sblock("update"):
-                v_lane = T.axis.remap("R", [lane])
-                out[0] = out[0] + T.Cast("int32", lanes[v_lane])
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_impl(
-    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0], lanes[0:8])
-        T.writes(out[0])
-        out[0] = out[0] + T.call_llvm_pure_intrin(
-            "int32", "llvm.aarch64.neon.uaddlv.i32.v8i16", lanes[T.ramp(T.int64(0), 1, 8)])
-
-
-# The sum of a channel's 8 u16 lanes in one uaddlv: as a loop, LLVM transposes the tile through the stack.
-TensorIntrin.register(LANE_SUM_NEON, _lane_sum_desc, _lane_sum_impl, override=True)
-
-
-def lane_sum_intrin(target) -> str | None:
-    """The lane-sum intrinsic for ``target``: aarch64 only (armv7 keeps the loop)."""
-    return LANE_SUM_NEON if "aarch64" in str(target.attrs.get("mtriple", "")) else None
-
-
 @register(RULE, ("arm_cpu",))
 def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     if sch.get(lanes).name_hint != "bdense_lanes":
