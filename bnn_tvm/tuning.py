@@ -4,8 +4,10 @@ The search spaces are our schedule rules themselves (registered with MetaSchedul
 by ``strategies``): their ``sample_perfect_tile`` / ``sample_categorical`` knobs
 default to what the untuned build uses, and MetaSchedule's evolutionary search,
 guided by its XGBoost cost model, varies them. A structural alternative a rule
-declares (the ARM bconv not tensorized) is a design space of its own. Float kernels (TVM's own ops)
-are tuned with MetaSchedule's default CPU rules unless ``only_binary``.
+declares (the ARM bconv not tensorized) is a design space of its own. Float
+kernels (TVM's own ops) are tuned with MetaSchedule's default CPU rules, and
+with our schedule where we have one (the float convolutions), unless
+``only_binary``.
 
 The records go to a MetaSchedule JSON database in the log folder, written
 atomically (``AtomicJSONDatabase``) so that a run killed mid-write leaves it
@@ -30,15 +32,15 @@ import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
+from . import strategies
 from . import targets as _targets
 from .board import parse_address
-from .build import legalize, load_model
+from .build import import_model, legalize
 from .schedule_pass import is_binary_task
 
 # Building a candidate on 2 cores can take a while; a board over qemu even longer to run it.
 BUILD_TIMEOUT_SEC = 120
 RUN_TIMEOUT_SEC = 120
-
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -188,8 +190,9 @@ class AtomicJSONDatabase(ms.database.PyDatabase):
 
 
 def _binary_rules() -> tuple[list, list, dict]:
-    """Schedule rules, postprocessors and mutators of binary kernels: only our rule for blocks it tags,
-    nothing else rewrites what it scheduled, and the knobs are perfect tiles."""
+    """Schedule rules, postprocessors and mutators of binary kernels: only our rule for blocks it tags
+    and nothing else rewriting what it scheduled; evolution turns the perfect-tile knobs (a categorical
+    knob varies through the fresh samples of each initial population)."""
     return ([ms.schedule_rule.ApplyCustomRule()],
             [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteReductionBlock()],
             {ms.mutator.MutateTileSize(): 1.0})
@@ -225,6 +228,26 @@ class BinarySpace(ms.space_generator.PySpaceGenerator):
 
     def clone(self) -> BinarySpace:
         return BinarySpace()
+
+
+def _our_float_schedule(sch) -> list:
+    """Our schedule of a float kernel, where the strategies have one (the float convolutions): the
+    first block a strategy schedules, as ``schedule_pass`` picks it for the untuned build."""
+    target = tvm.target.Target.current()
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        name = sch.get(block).name_hint
+        for schedule in strategies.candidates(f"topi:{name}", target):
+            trial = sch.copy()
+            if schedule(trial, trial.get_sblock(name)) is not None:
+                return [trial]
+    return []
+
+
+def float_space() -> ms.space_generator.SpaceGeneratorUnion:
+    """The design spaces of a float kernel (TVM's own ops): MetaSchedule's, and ours beside them where we
+    have a schedule, so that the search also starts from the untuned build's schedule and its knobs."""
+    return ms.space_generator.SpaceGeneratorUnion(
+        [ms.space_generator.PostOrderApply(), ms.space_generator.ScheduleFn(_our_float_schedule)])
 
 
 def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
@@ -358,7 +381,7 @@ def tune(
                          f"(--rpc-tracker HOST:PORT --rpc-key KEY)")
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    mod = legalize(load_model(model), tvm_target)
+    mod = legalize(import_model(model), tvm_target)  # the module compile starts from, so that the records apply
     tasks = [(t, is_binary_task(t.dispatched[0]["main"])) for t in ms.relax_integration.extract_tasks(mod, tvm_target)]
     tasks = [(t, binary) for t, binary in tasks if binary or not only_binary]
     if not tasks:
@@ -368,7 +391,7 @@ def tune(
     for (task, binary), logger, seed in zip(tasks, loggers, ms.utils.fork_seed(None, n=len(tasks)), strict=True):
         contexts.append(ms.TuneContext(
             mod=task.dispatched[0], target=task.target,
-            space_generator=BinarySpace() if binary else "post-order-apply",
+            space_generator=BinarySpace() if binary else float_space(),
             search_strategy=_search(trials), task_name=task.task_name, logger=logger, rand_state=seed,
             num_threads="physical",
         ).clone())

@@ -3,7 +3,8 @@
 Each binary rule's design space carries its knobs as sampling instructions; at their default
 decisions it is the untuned build's schedule; replayed with other decisions (or as an alternative
 design space) it is another schedule, which must stay bit-exact with the numpy reference. The
-schedules reach the build the way tuned ones do: as records of a tuning database.
+schedules reach the build the way tuned ones do: as records of a tuning database. Float
+convolutions get our schedule as a design space beside MetaSchedule's.
 """
 
 import math
@@ -17,12 +18,10 @@ from tvm.s_tir import meta_schedule as ms
 
 import bnn_tvm
 from bnn_tvm import relay_ops as ops
-from bnn_tvm.build import legalize
-from bnn_tvm.relay_ops.bconv2d import bconv2d_ref
+from bnn_tvm.build import import_model, legalize
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.schedule_pass import is_binary_task, schedule_function
-from bnn_tvm.schedules.arm_cpu.bconv2d import VECTORIZED_LANES
-from bnn_tvm.tuning import AtomicJSONDatabase, BinarySpace
+from bnn_tvm.tuning import AtomicJSONDatabase, BinarySpace, float_space
 
 from .helpers import single_op_module
 
@@ -41,7 +40,7 @@ def _dequantize():
 
 def _bmaxpool2d():
     x = np.random.default_rng(2).integers(-(2**31), 2**31, size=(1, 7, 6, 16), dtype=np.int64).astype(np.int32)
-    attrs = dict(pool_size=[3, 3], strides=[2, 2], padding="SAME")
+    attrs = {"pool_size": [3, 3], "strides": [2, 2], "padding": "SAME"}
     return single_op_module(lambda v: ops.bmaxpool2d(v, **attrs), x), x, ops.bmaxpool2d_ref(x, attrs)
 
 
@@ -51,11 +50,11 @@ def _bconv2d():
     w = ops.quantize_ref(rng.standard_normal((64, 3, 3, 64)).astype("float32"))
     multiplier = rng.uniform(-0.5, 0.5, 64).astype("float32")
     bias = rng.uniform(-2, 2, 64).astype("float32")
-    attrs = dict(channels_in=64, strides=[1, 1], dilations=[1, 1], padding="SAME", pad_value=1, activation="NONE",
-                 out_dtype="float32")
+    attrs = {"channels_in": 64, "strides": [1, 1], "dilations": [1, 1], "padding": "SAME", "pad_value": 1,
+             "activation": "NONE", "out_dtype": "float32"}
     mod = single_op_module(lambda v: ops.bconv2d(v, relax.const(w), multiplier=relax.const(multiplier),
                                                  bias=relax.const(bias), **attrs), x)
-    return mod, x, bconv2d_ref(x, w, attrs, multiplier, bias)
+    return mod, x, ops.bconv2d_ref(x, w, attrs, multiplier, bias)
 
 
 # (operator case, target): every binary rule on the targets it has a schedule of its own for.
@@ -68,16 +67,20 @@ RULES = {
 }
 
 
+def tasks(mod, target):
+    """The module's kernels as tuning extracts them."""
+    return ms.relax_integration.extract_tasks(legalize(import_model(mod), target), target)
+
+
 def binary_task(mod, target):
-    """The kernel of the module's binary op, as tuning extracts it."""
-    tasks = [t for t in ms.relax_integration.extract_tasks(legalize(mod, target), target)
-             if is_binary_task(t.dispatched[0]["main"])]
-    assert len(tasks) == 1, [t.task_name for t in tasks]
-    return tasks[0]
+    """The kernel of the module's binary op."""
+    found = [t for t in tasks(mod, target) if is_binary_task(t.dispatched[0]["main"])]
+    assert len(found) == 1, [t.task_name for t in found]
+    return found[0]
 
 
-def tune_context(task, target) -> ms.TuneContext:
-    return ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=BinarySpace(),
+def tune_context(task, target, space=None) -> ms.TuneContext:
+    return ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=space or BinarySpace(),
                           task_name=task.task_name)
 
 
@@ -118,7 +121,7 @@ def replay(context, trace) -> s_tir.Schedule:
 
 
 def build_with_schedule(case, target_name, context, sch, tmp_path):
-    """The op's module compiled with ``sch`` as its kernel's tuning record, exported and loaded back."""
+    """The op's module compiled with ``sch`` as its kernel's tuning record, exported (path returned)."""
     target = bnn_tvm.targets.resolve(target_name)[0]
     database = AtomicJSONDatabase(tmp_path / "records")
     workload = database.commit_workload(context.mod)
@@ -174,3 +177,28 @@ def test_arm_bconv_other_decisions_and_vectorized_lanes_are_bitexact_on_board(em
         sch = replay(context, other_decisions(space.trace, largest))
         so = build_with_schedule(_bconv2d, "rpi4", context, sch, tmp_path)
         np.testing.assert_array_equal(load_remote(so, *emulated_board)(x), expected)
+
+
+def _float_conv():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 12, 12, 32)).astype("float32")
+    w = rng.standard_normal((3, 3, 32, 48)).astype("float32")
+    mod = single_op_module(lambda v: relax.op.nn.relu(relax.op.nn.conv2d(
+        v, relax.const(w), padding=[1, 1, 1, 1], data_layout="NHWC", kernel_layout="HWIO")), x)
+    return mod, x, None  # no numpy reference: compared with the untuned build
+
+
+def test_float_conv_space_offers_our_schedule_beside_meta_schedules(tmp_path, build_and_load):
+    mod, x, _ = _float_conv()
+    target = bnn_tvm.targets.resolve("host")[0]
+    [task] = [t for t in tasks(mod, target) if "conv" in t.task_name]
+    context = tune_context(task, target, float_space())
+    spaces = design_spaces(context, target)
+    with target:
+        untuned = schedule_function(task.dispatched[0]["main"], target)
+    ours = [space for space in spaces if tvm_ffi.structural_equal(space.mod["main"].body, untuned.body)]
+    assert len(ours) == 1 and len(spaces) > 1, "ours, at its defaults, beside MetaSchedule's"
+    assert any(inst.kind.name in SAMPLING for inst in ours[0].trace.insts)
+    sch = replay(context, other_decisions(ours[0].trace, largest=False))
+    got = bnn_tvm.load(build_with_schedule(_float_conv, "host", context, sch, tmp_path))(x)
+    np.testing.assert_allclose(got, build_and_load(mod)(x), rtol=1e-5, atol=1e-5)  # the same sums, retiled

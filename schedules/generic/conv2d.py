@@ -6,6 +6,11 @@ left to the generic schedule they take most of a QuickNet's time. Same shape of
 kernel as the binary one: rows in parallel, a tile of output columns in
 registers, output channels as the vector lanes (HWIO weights are contiguous in
 the output channel), the bias/activation epilogue applied to the tile.
+
+Knobs (defaults in brackets): the column tile [4, 7 or 2, whichever divides the
+width] and the vector width over output channels [16, 8 or 4, the widest that
+divides them]. Tuning offers this schedule beside MetaSchedule's own space for
+these kernels (``bnn_tvm.tuning``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ from __future__ import annotations
 from tvm import s_tir
 
 from ...strategies import register
-from ._util import blocks_by_name, extent, inline_epilogues, largest_divisor, parallel_rows
+from ._util import (
+    blocks_by_name,
+    extent,
+    inline_epilogues,
+    largest_divisor,
+    parallel_rows,
+    sample_column_tile,
+    sample_split,
+)
 
 COLUMN_TILES = (4, 7, 2)
 LANES = (16, 8, 4)
@@ -37,15 +50,15 @@ def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> s_tir.Schedule | None:
         except s_tir.ScheduleError:
             parallel_rows(sch, pad)
     # Step 2: tile columns x channels; rows parallel; reductions outside the register tile.
-    col_tile = largest_divisor(extent(sch, w), COLUMN_TILES)
-    w_outer, w_inner = sch.split(w, [None, col_tile])
-    c_outer, c_inner = sch.split(c, [None, lanes])
+    # Knobs: the column tile; the channels of the tile, which are its vector lanes.
+    w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
+    c_outer, c_inner = sample_split(sch, c, lanes, max_inner=LANES[0])
     sch.reorder(n, h, w_outer, c_outer, *reduction, w_inner, c_inner)
     sch.parallel(sch.fuse(n, h))
     # Step 3: accumulate in registers; the epilogue (bias, activation) runs on the tile.
     tile = sch.cache_write(conv, 0, "local")
     inline_epilogues(sch, tile)
-    sch.reverse_compute_at(tile, c_outer)
+    sch.reverse_compute_at(tile, c_outer, preserve_unit_loops=True)  # a loop count the knobs cannot change
     sch.vectorize(c_inner)
     sch.unroll(w_inner)
     init = sch.decompose_reduction(conv, reduction[0])

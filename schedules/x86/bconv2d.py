@@ -18,7 +18,13 @@ from tvm import s_tir
 
 from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
 from ...strategies import register
-from ..generic._util import blocks_by_name, inline_epilogues, parallel_rows, sample_column_tile, sample_split
+from ..generic._util import (
+    blocks_by_name,
+    inline_epilogues,
+    parallel_rows,
+    sample_column_tile,
+    sample_split,
+)
 
 COLUMN_TILES = (4, 3, 2)
 UNROLL_STEPS = (0, 16, 64, 512)
