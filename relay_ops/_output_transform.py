@@ -1,18 +1,24 @@
-"""The output transform every binary MAC op shares (bconv2d, bdense): LCE's, bit for bit.
+"""The output transform every binary MAC op shares (bconv2d, bdense).
 
 From ``accum``, the XOR-popcount over the ``K`` bits of one output (so the true
-dot product of the +-1 values is ``K - 2 * accum``), output channel ``o``:
+dot product of the +-1 values is ``dot = K - 2 * accum``), output channel ``o``,
+the float32 output is ``act(dot) * m + b`` computed by one of two formulas
+(attribute ``output_formula``):
 
-* float32: ``float(clamp(2 * accum, lo', hi')) * m' + b'`` with ``m' = -m`` and
-  ``b' = b + K * m`` (folded in double precision), where ``lo', hi'`` are the
-  fused activation's range mapped through ``dot = K - 2 * accum``. This is
-  ``act(K - 2 * accum) * m + b`` up to float rounding, and bit-exact with LCE's
-  kernels because it is their formula; the product is rounded before the add
-  (no FMA), as LCE does.
-* int8: the float result with ``m, b`` rescaled by the output scale and zero
-  point (``m' = -m / s``, ``b' = (b + K m) / s + z``), rounded half away from
-  zero and saturated.
-* bitpacked int32: bit ``accum > threshold[o]``, 32 output channels per word.
+* ``"lce"``: LCE's, bit for bit: ``float(clamp(2 * accum, lo', hi')) * m' + b'``
+  with ``m' = -m`` and ``b' = b + K * m`` (folded in double precision), where
+  ``lo', hi'`` are the activation's range mapped through ``dot``. Its terms are
+  as large as ``K * |m|`` and so are its rounding errors. LCE-converted models
+  use it, so that they give LCE's bits.
+* ``"dot"``: ``float(clamp(dot, lo, hi)) * m + b``: rounded at the scale of the
+  output, as a float layer computes it. Models bnn-tvm binarizes itself (Keras,
+  stock TFLite) use it, so that folding a batch-norm into ``m, b`` stays as
+  close to the float model as the unfolded layers.
+
+Either way the product is rounded before the add (no FMA). int8 output is the
+float result with ``m, b`` rescaled by the output scale and zero point, rounded
+half away from zero and saturated; bitpacked int32 output is bit
+``accum > threshold[o]``, 32 output channels per word.
 
 The op modules keep their own accumulation; this module holds what follows it:
 the attribute and argument checks, the weight-only folding stages (emitted by
@@ -37,6 +43,8 @@ from .bitpack import quantize_ref
 
 ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6")
 OUT_DTYPES = ("float32", "int8", PACKED_DTYPE)
+OUTPUT_FORMULAS = ("dot", "lce")
+DEFAULT_OUTPUT_FORMULA = "dot"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -57,6 +65,8 @@ def transform_args(op: str, out_dtype: str, multiplier, bias, thresholds) -> lis
 def check_transform_inputs(op: str, call: relax.Call, attrs: dict, channels_out: int) -> None:
     """Shape inference of the transform's arguments (``call.args[2:]``) and attributes."""
     out_dtype = attrs["out_dtype"]
+    if attrs["output_formula"] not in OUTPUT_FORMULAS:
+        raise BnnOpError(op, "output_formula", f"{attrs['output_formula']!r} is not one of {OUTPUT_FORMULAS}")
     if out_dtype == PACKED_DTYPE:
         expected = [("thresholds", PACKED_DTYPE)]
     else:
@@ -73,8 +83,9 @@ def check_transform_inputs(op: str, call: relax.Call, attrs: dict, channels_out:
             raise BnnOpError(op, name, f"expected shape [{channels_out}], got {shape}")
 
 
-def clamp_range(activation: str, depth: int) -> tuple[int, int]:
-    """LCE's clamp bounds on ``2 * accum``: the activation range of ``K - 2 * accum``, ``K = depth``."""
+def clamp_range(activation: str, depth: int, formula: str) -> tuple[int, int]:
+    """The activation's bounds on the integer the formula converts: ``dot`` itself (``"dot"``), or ``2 * accum``
+    (``"lce"``), ``K = depth``."""
     nominal = {
         "NONE": (INT32_MIN, INT32_MAX),
         "RELU": (0, INT32_MAX),
@@ -82,7 +93,7 @@ def clamp_range(activation: str, depth: int) -> tuple[int, int]:
         "RELU6": (0, 6),
     }[activation]
     low, high = max(nominal[0], -depth), min(nominal[1], depth)
-    return depth - high, depth - low
+    return (low, high) if formula == "dot" else (depth - high, depth - low)
 
 
 def output_quantization(attrs: dict) -> tuple[float, int]:
@@ -95,10 +106,13 @@ def output_quantization(attrs: dict) -> tuple[float, int]:
 # ---------------------------------------------------------------- numpy references
 
 
-def transform_constants(multiplier, bias, depth: int, out_scale: float = 1.0, zero_point: int = 0):
-    """LCE's folded multiplier ``-m / s`` and bias ``(b + K m) / s + z``, in double then float32."""
+def transform_constants(multiplier, bias, depth: int, formula: str, out_scale: float = 1.0, zero_point: int = 0):
+    """The multiplier and bias the formula uses, in double then float32: ``m / s`` and ``b / s + z``
+    (``"dot"``), LCE's ``-m / s`` and ``(b + K m) / s + z`` (``"lce"``)."""
     m = multiplier.astype(np.float64)
     b = bias.astype(np.float64)
+    if formula == "dot":
+        return (m / out_scale).astype(np.float32), (b / out_scale + zero_point).astype(np.float32)
     return (-m / out_scale).astype(np.float32), ((b + depth * m) / out_scale + zero_point).astype(np.float32)
 
 
@@ -109,11 +123,19 @@ def packed_output_ref(accum: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def scaled_output_ref(accum: np.ndarray, attrs: dict, depth: int, multiplier, bias, correction=None) -> np.ndarray:
-    """The float32 or int8 output of ``accum`` (channels last); ``correction`` is added before rounding."""
-    low, high = clamp_range(attrs["activation"], depth)
-    mul_t, bias_t = transform_constants(multiplier, bias, depth, *output_quantization(attrs))
-    y = np.clip(2 * accum, low, high).astype(np.float32) * mul_t + bias_t  # numpy rounds the product: no FMA
-    if correction is not None:
+    """The float32 or int8 output of ``accum`` (channels last).
+
+    ``correction`` (bconv2d's zero padding, per output): with ``"lce"`` a float added to the result, with
+    ``"dot"`` an integer subtracted from ``dot``.
+    """
+    formula = attrs.get("output_formula", DEFAULT_OUTPUT_FORMULA)
+    low, high = clamp_range(attrs["activation"], depth, formula)
+    mul_t, bias_t = transform_constants(multiplier, bias, depth, formula, *output_quantization(attrs))
+    term = depth - 2 * accum if formula == "dot" else 2 * accum
+    if formula == "dot" and correction is not None:
+        term = term - correction
+    y = np.clip(term, low, high).astype(np.float32) * mul_t + bias_t  # numpy rounds the product: no FMA
+    if formula == "lce" and correction is not None:
         y = y + correction
     if attrs["out_dtype"] == "int8":
         rounded = np.sign(y) * np.floor(np.abs(y) + 0.5)
@@ -124,21 +146,24 @@ def scaled_output_ref(accum: np.ndarray, attrs: dict, depth: int, multiplier, bi
 # ---------------------------------------------------------------- TE: weight-only stages
 
 
-def folded_multiplier_compute(multiplier: te.Tensor, out_scale: float, name: str = "bconv2d_multiplier") -> te.Tensor:
-    """LCE's ``m' = -m / s``, in double precision, then float32."""
+def folded_multiplier_compute(multiplier: te.Tensor, out_scale: float, formula: str,
+                              name: str = "bconv2d_multiplier") -> te.Tensor:
+    """The formula's multiplier (see :func:`transform_constants`), in double precision, then float32."""
+    sign = 1.0 if formula == "dot" else -1.0
     return te.compute(
         multiplier.shape,
-        lambda o: (-multiplier[o].astype("float64") / out_scale).astype("float32"),
+        lambda o: (sign * multiplier[o].astype("float64") / out_scale).astype("float32"),
         name=name,
     )
 
 
-def folded_bias_compute(multiplier, bias, depth: int, out_scale: float, zero_point: int,
+def folded_bias_compute(multiplier, bias, depth: int, formula: str, out_scale: float, zero_point: int,
                         name: str = "bconv2d_bias") -> te.Tensor:
-    """LCE's ``b' = (b + K m) / s + z``, in double precision, then float32."""
+    """The formula's bias (see :func:`transform_constants`), in double precision, then float32."""
+    offset = 0 if formula == "dot" else depth
     return te.compute(
         bias.shape,
-        lambda o: ((bias[o].astype("float64") + depth * multiplier[o].astype("float64")) / out_scale
+        lambda o: ((bias[o].astype("float64") + offset * multiplier[o].astype("float64")) / out_scale
                    + zero_point).astype("float32"),
         name=name,
     )
@@ -151,10 +176,10 @@ def legalize_folded_constants(bb: relax.BlockBuilder, call: relax.Call, attrs: d
     scale, zero_point = output_quantization(attrs)
     hint = f"bnn_{op_name}_fold"
     return [
-        bb.emit(bb.call_te(folded_multiplier_compute, multiplier, scale, name=f"{op_name}_multiplier",
-                           primfunc_name_hint=hint)),
-        bb.emit(bb.call_te(folded_bias_compute, multiplier, bias, depth, scale, zero_point, name=f"{op_name}_bias",
-                           primfunc_name_hint=hint)),
+        bb.emit(bb.call_te(folded_multiplier_compute, multiplier, scale, attrs["output_formula"],
+                           name=f"{op_name}_multiplier", primfunc_name_hint=hint)),
+        bb.emit(bb.call_te(folded_bias_compute, multiplier, bias, depth, attrs["output_formula"], scale, zero_point,
+                           name=f"{op_name}_bias", primfunc_name_hint=hint)),
     ]
 
 
@@ -178,18 +203,21 @@ def packed_output_compute(accum: te.Tensor, thresholds: te.Tensor, channels_out:
 
 
 def scaled_output_compute(accum: te.Tensor, multiplier: te.Tensor, bias: te.Tensor, *, depth: int, activation: str,
-                          out_dtype: str, channels_out: int, name: str, correction=None) -> te.Tensor:
+                          out_dtype: str, formula: str, channels_out: int, name: str, correction=None) -> te.Tensor:
     """The float32 or int8 output of ``accum`` with the folded ``multiplier`` and ``bias``.
 
-    ``correction(index)``, if given, is a float term added before rounding (bconv2d's zero padding).
+    ``correction(index)`` (bconv2d's zero padding): with ``"lce"`` a float added before rounding, with ``"dot"``
+    an integer subtracted from ``dot``.
     """
-    low, high = clamp_range(activation, depth)
+    low, high = clamp_range(activation, depth, formula)
 
     def transform(*index):
         o = index[-1]
-        doubled = tirx.max(tirx.min(accum[index] * 2, high), low)
-        y = no_fma(doubled.astype("float32") * multiplier[o]) + bias[o]
-        if correction is not None:
+        term = depth - accum[index] * 2 if formula == "dot" else accum[index] * 2
+        if formula == "dot" and correction is not None:
+            term = term - correction(index)
+        y = no_fma(tirx.max(tirx.min(term, high), low).astype("float32") * multiplier[o]) + bias[o]
+        if formula == "lce" and correction is not None:
             y = y + correction(index)
         if out_dtype == "float32":
             return y

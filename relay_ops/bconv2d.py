@@ -36,10 +36,10 @@ from ._common import (
     window_output,
 )
 from ._output_transform import (
+    DEFAULT_OUTPUT_FORMULA,
     ACTIVATIONS,
     OUT_DTYPES,
     check_transform_inputs,
-    clamp_range,
     legalize_folded_constants,
     packed_output_compute,
     packed_output_ref,
@@ -76,6 +76,7 @@ def bconv2d(
     out_dtype: str = "float32",
     out_scale: float = 1.0,
     out_zero_point: int = 0,
+    output_formula: str = DEFAULT_OUTPUT_FORMULA,
 ) -> relax.Call:
     """Binary conv2d. Float/int8 output takes ``multiplier`` and ``bias``; packed output takes ``thresholds``."""
     return make_call(
@@ -90,6 +91,7 @@ def bconv2d(
         out_dtype=out_dtype,
         out_scale=float(out_scale),
         out_zero_point=int(out_zero_point),
+        output_formula=output_formula,
     )
 
 
@@ -142,10 +144,11 @@ class Conv2dGeometry:
             OP, self.in_w, self.kernel_w, self.stride_w, self.dilation_w, attrs["padding"], "width"
         )
         self.zero_padding = attrs["padding"] == "SAME" and attrs["pad_value"] == 0
-        if self.zero_padding and attrs["activation"] != "NONE":
+        # LCE adds its padding correction after the activation's clamp; "dot" subtracts it before.
+        if self.zero_padding and attrs["activation"] != "NONE" and attrs["output_formula"] == "lce":
             raise BnnOpError(
                 OP, "fused_activation_function",
-                "fused activations need VALID or one-padding (pad_values=1), as in LCE",
+                "LCE's formula fuses activations only with VALID or one-padding (pad_values=1)",
             )
         if self.zero_padding and attrs["out_dtype"] == PACKED_DTYPE:
             raise BnnOpError(OP, "out_dtype", "bitpacked output needs VALID or one-padding (pad_values=1), as in LCE")
@@ -158,14 +161,10 @@ class Conv2dGeometry:
             channels = packed_words(channels)
         return [self.batch, self.out_h, self.out_w, channels]
 
-    def clamp_range(self) -> tuple[int, int]:
-        """LCE's clamp bounds on ``2 * accum``: the activation range of ``K - 2 * accum``."""
-        return clamp_range(self.attrs["activation"], self.depth)
-
 
 def _attrs(call: relax.Call) -> dict:
     keys = ("channels_in", "strides", "dilations", "padding", "pad_value", "activation", "out_dtype",
-            "out_scale", "out_zero_point")
+            "out_scale", "out_zero_point", "output_formula")
     return {k: attr(call, k) for k in keys}
 
 
@@ -213,8 +212,9 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
     if attrs["out_dtype"] == PACKED_DTYPE:
         return packed_output_ref(accum, thresholds)
     correction = None
-    if g.zero_padding:
-        correction = (-multiplier.astype(np.float32)) * padded_dot.astype(np.float32)
+    if g.zero_padding:  # the dot product the +1 padding added: subtracted exactly ("dot"), or LCE's float term
+        lce = attrs.get("output_formula", DEFAULT_OUTPUT_FORMULA) == "lce"
+        correction = (-multiplier.astype(np.float32)) * padded_dot.astype(np.float32) if lce else padded_dot
     return scaled_output_ref(accum, attrs, g.depth, multiplier, bias, correction)
 
 
@@ -264,7 +264,8 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
 
 
 def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: dict, in_h: int, in_w: int):
-    """Per output pixel and channel: ``-m`` times the dot product the +1 padding wrongly added."""
+    """Per output pixel and channel, the dot product the +1 padding wrongly added: as such (``"dot"``, subtracted
+    from the dot product), or times ``-m`` (``"lce"``, LCE's correction term)."""
     g = Conv2dGeometry([1, in_h, in_w, packed_words(attrs["channels_in"])], [int(d) for d in w.shape], attrs)
     c = te.reduce_axis((0, g.filter_words), name="c")
     tap_popcount = te.compute(
@@ -283,6 +284,8 @@ def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: 
         return te.sum(tirx.Select(outside, tap_sum, 0), axis=[p, q])
 
     count = te.compute((g.out_h, g.out_w, g.channels_out), padded_taps, name="bconv2d_padding_count")
+    if attrs["output_formula"] == "dot":
+        return count
     return te.compute(
         count.shape, lambda i, j, o: (-multiplier[o]) * count[i, j, o].astype("float32"),
         name="bconv2d_padding_correction",
@@ -317,7 +320,7 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
         return padding_correction[0][index[1:]]
 
     return scaled_output_compute(accum, multiplier, bias, depth=g.depth, activation=attrs["activation"],
-                                 out_dtype=attrs["out_dtype"], channels_out=g.channels_out, name="bconv2d_output",
+                                 out_dtype=attrs["out_dtype"], formula=attrs["output_formula"], channels_out=g.channels_out, name="bconv2d_output",
                                  correction=correction if padding_correction else None)
 
 

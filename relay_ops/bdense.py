@@ -29,6 +29,7 @@ from ._common import (
     static_shape,
 )
 from ._output_transform import (
+    DEFAULT_OUTPUT_FORMULA,
     ACTIVATIONS,
     OUT_DTYPES,
     check_transform_inputs,
@@ -58,6 +59,7 @@ def bdense(
     out_dtype: str = "float32",
     out_scale: float = 1.0,
     out_zero_point: int = 0,
+    output_formula: str = DEFAULT_OUTPUT_FORMULA,
 ) -> relax.Call:
     """Binary dense layer. Float/int8 output takes ``multiplier`` and ``bias`` [Cout]; packed output takes
     ``thresholds`` [Cout]."""
@@ -69,6 +71,7 @@ def bdense(
         out_dtype=out_dtype,
         out_scale=float(out_scale),
         out_zero_point=int(out_zero_point),
+        output_formula=output_formula,
     )
 
 
@@ -107,7 +110,8 @@ class DenseGeometry:
 
 
 def _attrs(call: relax.Call) -> dict:
-    return {k: attr(call, k) for k in ("channels_in", "activation", "out_dtype", "out_scale", "out_zero_point")}
+    keys = ("channels_in", "activation", "out_dtype", "out_scale", "out_zero_point", "output_formula")
+    return {k: attr(call, k) for k in keys}
 
 
 def _infer_type(call: relax.Call) -> relax.TensorType:
@@ -126,8 +130,9 @@ def _infer_type(call: relax.Call) -> relax.TensorType:
 
 def bdense_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) -> np.ndarray:
     """Reference bdense on packed numpy arrays: ``attrs`` holds channels_in, activation, out_dtype,
-    out_scale and out_zero_point (the constructor's defaults where missing)."""
-    attrs = {"activation": "NONE", "out_dtype": "float32", "out_scale": 1.0, "out_zero_point": 0, **attrs}
+    out_scale, out_zero_point and output_formula (the constructor's defaults where missing)."""
+    attrs = {"activation": "NONE", "out_dtype": "float32", "out_scale": 1.0, "out_zero_point": 0,
+             "output_formula": DEFAULT_OUTPUT_FORMULA, **attrs}
     g = DenseGeometry(list(x.shape), list(w.shape), attrs)
     xb = unpack_bits(x, g.channels_in).astype(np.int64)  # 1 where the value is -1
     wb = unpack_bits(w, g.channels_in).astype(np.int64)
@@ -208,7 +213,7 @@ def bdense_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulatio
         return packed_output_compute(accum, params[0], g.channels_out, name="bdense_output")
     multiplier, bias = params
     return scaled_output_compute(accum, multiplier, bias, depth=g.depth, activation=attrs["activation"],
-                                 out_dtype=attrs["out_dtype"], channels_out=g.channels_out, name="bdense_output")
+                                 out_dtype=attrs["out_dtype"], formula=attrs["output_formula"], channels_out=g.channels_out, name="bdense_output")
 
 
 def _accumulate_words(x, w_blocked, g: DenseGeometry):

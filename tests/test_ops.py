@@ -50,14 +50,20 @@ def bconv_cases():
     ]
     for i, (c, co, k, s, d) in enumerate(geometry):
         yield dict(channels_in=c, channels_out=co, kernel=k, stride=s, dilation=d,
-                   padding=("SAME", "VALID")[i % 2], pad_value=(i // 2) % 2, activation="NONE", out_dtype="float32")
-    for activation, out_dtype in itertools.product(("NONE", "RELU", "RELU_N1_TO_1", "RELU6"),
-                                                   ("float32", "int8", "int32")):
+                   padding=("SAME", "VALID")[i % 2], pad_value=(i // 2) % 2, activation="NONE", out_dtype="float32",
+                   formula=("dot", "lce")[(i // 4) % 2])
+    for activation, out_dtype, formula in itertools.product(("NONE", "RELU", "RELU_N1_TO_1", "RELU6"),
+                                                            ("float32", "int8", "int32"), ("dot", "lce")):
+        if out_dtype == "int32" and formula == "lce":
+            continue  # packed output has no formula
         yield dict(channels_in=97, channels_out=64, kernel=3, stride=1, dilation=1, padding="SAME", pad_value=1,
-                   activation=activation, out_dtype=out_dtype)
+                   activation=activation, out_dtype=out_dtype, formula=formula)
+    for activation in ("RELU", "RELU6"):  # zero padding with a fused activation: "dot" only (LCE refuses)
+        yield dict(channels_in=33, channels_out=40, kernel=3, stride=1, dilation=1, padding="SAME", pad_value=0,
+                   activation=activation, out_dtype="float32", formula="dot")
     for groups in (2, 4):
         yield dict(channels_in=128, channels_out=64, kernel=3, stride=1, dilation=1, padding="SAME", pad_value=0,
-                   activation="NONE", out_dtype="float32", groups=groups)
+                   activation="NONE", out_dtype="float32", groups=groups, formula="lce")
 
 
 def case_id(case):
@@ -72,7 +78,7 @@ def test_bconv2d_matches_reference(case, rng, build_and_load):
         (case["channels_out"], case["kernel"], case["kernel"], case["channels_in"] // groups)).astype("float32"))
     attrs = dict(channels_in=case["channels_in"], strides=[case["stride"]] * 2, dilations=[case["dilation"]] * 2,
                  padding=case["padding"], pad_value=case["pad_value"], activation=case["activation"],
-                 out_dtype=case["out_dtype"], out_scale=0.05, out_zero_point=3)
+                 out_dtype=case["out_dtype"], out_scale=0.05, out_zero_point=3, output_formula=case["formula"])
     co = case["channels_out"]
     multiplier = rng.uniform(-0.5, 0.5, co).astype("float32")
     bias = rng.uniform(-2, 2, co).astype("float32")
@@ -94,7 +100,8 @@ def test_bconv2d_matches_reference(case, rng, build_and_load):
         (dict(padding="FULL"), "padding"),
         (dict(pad_value=2), "pad_values"),
         (dict(activation="TANH"), "fused_activation_function"),
-        (dict(activation="RELU", pad_value=0, padding="SAME"), "fused_activation_function"),
+        (dict(activation="RELU", pad_value=0, padding="SAME", output_formula="lce"), "fused_activation_function"),
+        (dict(output_formula="fma"), "output_formula"),
         (dict(padding="VALID", dilations=[5, 5]), "padding"),
     ],
 )

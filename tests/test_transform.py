@@ -74,30 +74,37 @@ def x(rng):
 # ---------------------------------------------------------------- FoldOutputTransform
 
 
-def _conv_relu_batchnorm(rng, scale, shift):
+def _conv_relu_batchnorm(rng, scale, shift, formula):
     def build(bb, x):
-        y = bb.emit(relax.op.nn.relu(_bconv(bb, x, rng)))
+        y = bb.emit(relax.op.nn.relu(_bconv(bb, x, rng, output_formula=formula)))
         y = bb.emit(relax.op.multiply(y, relax.const(scale)))
         return relax.op.add(y, relax.const(shift))
 
     return build
 
 
-def test_fold_relu_and_batch_norm_into_bconv(build_and_load, rng, x):
+@pytest.mark.parametrize("formula", ["dot", "lce"])
+def test_fold_relu_and_batch_norm_into_bconv(build_and_load, rng, x, formula):
     scale = rng.uniform(0.5, 2.0, CHANNELS_OUT).astype("float32")
     shift = rng.standard_normal(CHANNELS_OUT).astype("float32")
-    mod = _module(_conv_relu_batchnorm(rng, scale, shift))
+    mod = _module(_conv_relu_batchnorm(rng, scale, shift, formula))
     folded = FoldOutputTransform()(mod)
     folded = relax.transform.DeadCodeElimination()(folded)
     assert _ops(folded).count("relax.bnn.bconv2d") == 1
     assert not {"relax.nn.relu", "relax.multiply", "relax.add"} & set(_ops(folded))
     assert _bconv_attrs(folded) == [{"activation": "RELU", "out_dtype": "float32"}]
     plain, optimized = _run_both(build_and_load, mod, x)
-    # Folded, relu(dot) * s + t is LCE's 2 * accum * (-s) + (t + K * s): its terms are as large as K * s + |t|,
-    # and each rounding costs up to half an ulp of them.
+    eps = np.finfo(np.float32).eps
+    if formula == "dot":
+        # relu(dot) * s + t, rounded at the output's scale: one rounding apart at most (LLVM may contract the
+        # unfolded epilogue's multiply-add into an FMA; the op rounds the product first).
+        np.testing.assert_allclose(optimized, plain, rtol=0, atol=eps * np.abs(plain).max())
+        return
+    # LCE's formula folds to 2 * accum * (-s) + (t + K * s): its terms are as large as K * s + |t|, and each
+    # rounding costs up to half an ulp of them.
     depth = 9 * CHANNELS_IN
     scale_of_terms = depth * np.abs(scale).max() + np.abs(shift).max()
-    np.testing.assert_allclose(optimized, plain, rtol=0, atol=2 * np.finfo(np.float32).eps * scale_of_terms)
+    np.testing.assert_allclose(optimized, plain, rtol=0, atol=2 * eps * scale_of_terms)
 
 
 def test_activation_after_batch_norm_is_not_fused(rng):
@@ -125,12 +132,16 @@ def test_output_read_twice_is_not_folded(rng):
     assert "relax.multiply" in _ops(folded)
 
 
-def test_zero_padding_keeps_activation_separate(rng):
+@pytest.mark.parametrize("formula", ["dot", "lce"])
+def test_activation_with_zero_padding_fuses_only_with_the_dot_formula(build_and_load, rng, x, formula):
     def build(bb, x):
-        return relax.op.nn.relu(_bconv(bb, x, rng, pad_value=0))
+        return relax.op.nn.relu(_bconv(bb, x, rng, pad_value=0, output_formula=formula))
 
-    folded = FoldOutputTransform()(_module(build))
-    assert "relax.nn.relu" in _ops(folded)
+    mod = _module(build)
+    folded = FoldOutputTransform()(mod)
+    assert ("relax.nn.relu" in _ops(folded)) == (formula == "lce")
+    plain, optimized = _run_both(build_and_load, mod, x)
+    np.testing.assert_array_equal(optimized, plain)
 
 
 # ---------------------------------------------------------------- MaxPoolBeforeQuantize

@@ -221,6 +221,7 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             pad_value=int(options.get("pad_values", 0)),
             activation=activation,
             out_dtype=out_dtype,
+            output_formula="lce",  # LCE's bits
         )
         x_expr, w_expr = self.get_tensor_expr(x), tvm.relax.const(filt, PACKED_DTYPE)
         if out_dtype == PACKED_DTYPE:

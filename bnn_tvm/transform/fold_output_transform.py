@@ -4,10 +4,10 @@
 scalar) multiply, divide, add or subtract of that output, with nothing else reading it, becomes new
 ``m`` and ``b``; a ReLU / ReLU6 / clip(-1, 1) right after the op becomes its fused activation where
 that is the same function (``b = 0`` and ``m > 0`` for ReLU, ``m = 1`` for the clipped ones) and the
-op accepts fused activations (not with zero-padding, as in LCE).
+op accepts fused activations (LCE's formula does not with zero-padding).
 
-Float results change by rounding only (the products are reassociated); tests compare with a
-tolerance of a few float32 ulps of the output's magnitude.
+Float results change by rounding only: with the ``"dot"`` output formula at the scale of the output,
+with LCE's at the scale of ``K * |m|`` (see ``relay_ops/_output_transform.py``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def _fold_activation(call: relax.Call, graph: Graph) -> relax.Call | None:
     if mac is None:
         return None
     attrs = attrs_of(mac)
-    if attrs["activation"] != "NONE" or attrs.get("padding") == "SAME" and attrs.get("pad_value") == 0:
+    lce_zero_padding = attrs.get("padding") == "SAME" and attrs.get("pad_value") == 0 and attrs["output_formula"] == "lce"
+    if attrs["activation"] != "NONE" or lce_zero_padding:
         return None
     multiplier, bias = constant(mac.args[2]), constant(mac.args[3])
     if multiplier is None or bias is None or np.any(bias != 0):

@@ -79,9 +79,10 @@ def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     # over channels (a packed output: its bit loop unrolled).
     sch.reverse_compute_at(accum, n_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    if lane_sum_intrin(tvm.target.Target.current()) is not None:
+    lane_sum = lane_sum_intrin(tvm.target.Target.current())
+    if lane_sum is not None:
         accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
-        sch.tensorize(sch.get_loops(accum)[-1], LANE_SUM_NEON)
+        sch.tensorize(sch.get_loops(accum)[-1], lane_sum)
         sch.unroll(sch.get_loops(accum_init)[-1])
     if "bdense_pad" in blocks:
         sch.vectorize(sch.get_loops(blocks["bdense_pad"])[-1])
