@@ -51,6 +51,16 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # ---------------------------------------------------------------- arguments and attributes
 
 
+TRANSFORM_ATTRS = ("activation", "out_dtype", "out_scale", "out_zero_point", "output_formula")
+
+
+def transform_attrs(activation: str, out_dtype: str, out_scale: float, out_zero_point: int,
+                    output_formula: str) -> dict:
+    """The output transform's attributes (``TRANSFORM_ATTRS``) as the ops store them."""
+    return dict(activation=activation, out_dtype=out_dtype, out_scale=float(out_scale),
+                out_zero_point=int(out_zero_point), output_formula=output_formula)
+
+
 def transform_args(op: str, out_dtype: str, multiplier, bias, thresholds) -> list[relax.Expr]:
     """The op's arguments after input and filter: thresholds (packed output) or multiplier and bias."""
     if out_dtype == PACKED_DTYPE:

@@ -37,6 +37,7 @@ from ._common import (
 )
 from ._output_transform import (
     DEFAULT_OUTPUT_FORMULA,
+    TRANSFORM_ATTRS,
     ACTIVATIONS,
     OUT_DTYPES,
     check_transform_inputs,
@@ -46,6 +47,7 @@ from ._output_transform import (
     scaled_output_compute,
     scaled_output_ref,
     transform_args,
+    transform_attrs,
 )
 from .bitpack import unpack_bits
 
@@ -87,11 +89,7 @@ def bconv2d(
         dilations=[int(d) for d in dilations],
         padding=padding,
         pad_value=int(pad_value),
-        activation=activation,
-        out_dtype=out_dtype,
-        out_scale=float(out_scale),
-        out_zero_point=int(out_zero_point),
-        output_formula=output_formula,
+        **transform_attrs(activation, out_dtype, out_scale, out_zero_point, output_formula),
     )
 
 
@@ -163,8 +161,7 @@ class Conv2dGeometry:
 
 
 def _attrs(call: relax.Call) -> dict:
-    keys = ("channels_in", "strides", "dilations", "padding", "pad_value", "activation", "out_dtype",
-            "out_scale", "out_zero_point", "output_formula")
+    keys = ("channels_in", "strides", "dilations", "padding", "pad_value", *TRANSFORM_ATTRS)
     return {k: attr(call, k) for k in keys}
 
 

@@ -30,6 +30,7 @@ from ._common import (
 )
 from ._output_transform import (
     DEFAULT_OUTPUT_FORMULA,
+    TRANSFORM_ATTRS,
     ACTIVATIONS,
     OUT_DTYPES,
     check_transform_inputs,
@@ -39,6 +40,7 @@ from ._output_transform import (
     scaled_output_compute,
     scaled_output_ref,
     transform_args,
+    transform_attrs,
 )
 from .bconv2d import CHANNEL_BLOCK, HALFWORD_LANES, UINT16_MAX, WORDS_PER_CHUNK
 from .bitpack import unpack_bits
@@ -67,11 +69,7 @@ def bdense(
         OP,
         [x, w, *transform_args(OP, out_dtype, multiplier, bias, thresholds)],
         channels_in=int(channels_in),
-        activation=activation,
-        out_dtype=out_dtype,
-        out_scale=float(out_scale),
-        out_zero_point=int(out_zero_point),
-        output_formula=output_formula,
+        **transform_attrs(activation, out_dtype, out_scale, out_zero_point, output_formula),
     )
 
 
@@ -110,7 +108,7 @@ class DenseGeometry:
 
 
 def _attrs(call: relax.Call) -> dict:
-    keys = ("channels_in", "activation", "out_dtype", "out_scale", "out_zero_point", "output_formula")
+    keys = ("channels_in", *TRANSFORM_ATTRS)
     return {k: attr(call, k) for k in keys}
 
 
