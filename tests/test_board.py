@@ -1,7 +1,7 @@
 """aarch64 builds run on the emulated board (qemu-user, stock TVM RPC server) through a real tracker.
 
 Few and short: a handful of bconv variants that exercise the NEON kernel's paths
-(odd channels, packed hand-off, zero padding, max-pool, int8) and QuickNetSmall.
+(odd channels, packed hand-off, zero padding, max-pool, int8) and QuickNetSmall, from LCE and from Keras.
 qemu's timings are not reported: they rank nothing here.
 """
 
@@ -45,3 +45,13 @@ def test_quicknet_small_on_board_matches_lce(emulated_board, tmp_path):
         assert got.shape == expected.shape
         assert got.argmax() == expected.argmax()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # float layers: rounding only (test_zoo)
+
+
+def test_keras_quicknet_small_on_board_matches_keras(emulated_board, tmp_path):
+    """The Keras import's rpi4 build, run on the board (test_keras_zoo compiles every architecture for rpi4)."""
+    from .test_keras_zoo import compare, logits_model
+
+    case = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)
+    keras = logits_model(zoo.keras_model(case))
+    model = on_board(keras, emulated_board, tmp_path, case.name)
+    compare(model, lambda x: keras.predict(x, verbose=0), (1, 64, 64, 3), f"{case.name} on the board vs Keras")

@@ -3,6 +3,7 @@
 Random initialisation with randomized batch-norm statistics (no weights can be downloaded here); logits
 are compared (the models' final softmax saturates on random weights and would hide differences).
 Each architecture compiles for the host (and is run) and for rpi4 (cross-compiled, an aarch64 .so).
+Where LCE converts the model and gets it right at this size, its interpreter is a second reference.
 """
 
 import warnings
@@ -31,6 +32,12 @@ ARCHITECTURES = [
     ("QuickNet", 64),
     ("QuickNetLarge", 64),
 ]
+# Zero-padded architectures end in 2x2 maps at 64x64, where a 3x3 window overhangs both sides and LCE's
+# padding correction is wrong (tests/test_lce.py shows it on one layer): LCE's logits then differ from
+# Keras's by 20-86% (measured), so LCE is no reference for them here. BiRealNet goes through LCE at 128
+# in tests/test_zoo.py.
+LCE_WRONG_AT_THIS_SIZE = {"BiRealNet", "BinaryResNetE18", "BinaryDenseNet28", "BinaryDenseNet37",
+                          "BinaryDenseNet37Dilated", "BinaryDenseNet45", "MeliusNet22", "RealToBinaryNet"}
 INPUTS = 10
 # Float layers run as TVM's kernels, not TF's, and the graph passes fold batch-norms into the binary
 # ops' multipliers: logits agree to float rounding, measured up to ~4e-6 of the largest logit.
@@ -82,7 +89,7 @@ def test_zoo_architecture_from_keras(architecture, size, build_and_load, tmp_pat
     import bnn_tvm
     from bnn_tvm.frontend.keras import FloatFallbackWarning
 
-    case = zoo.ZooCase(f"{architecture}-{size}", architecture, size=size)
+    case = zoo.ZooCase(f"{architecture}-{size}-logits", architecture, size=size)
     model = logits_model(zoo.keras_model(case))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -94,6 +101,9 @@ def test_zoo_architecture_from_keras(architecture, size, build_and_load, tmp_pat
         assert not float_layers, float_layers
     shape = (1, size, size, 3)
     compare(compiled, lambda x: model.predict(x, verbose=0), shape, f"{case.name} vs Keras")
+    if architecture not in LCE_WRONG_AT_THIS_SIZE:
+        interpreter = zoo.lce_interpreter(zoo.cached_tflite(case, builder=lambda c: logits_model(zoo.keras_model(c))))
+        compare(compiled, interpreter.predict, shape, f"{case.name} vs LCE")
 
     artifact = bnn_tvm.compile(model, target="rpi4")
     so = artifact.export_library(tmp_path / "rpi4.so")
