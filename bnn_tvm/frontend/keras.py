@@ -25,6 +25,7 @@ from tvm import relax
 from .. import relay_ops as ops
 from ..relay_ops._common import same_padding
 from ..relay_ops.bitpack import quantize_ref
+from ..transform.recognize_binary_layers import channel_scales
 from .tf_graph import convert_traced
 from .tflite import UnsupportedModelError
 
@@ -81,10 +82,8 @@ def _is_sign(quantizer) -> bool:
 
 
 def _binary_scale(kernel: np.ndarray) -> np.ndarray | None:
-    """If every output channel (last axis) of ``kernel`` is +-s, those s; else None."""
-    magnitudes = np.abs(kernel.reshape(-1, kernel.shape[-1]))
-    scale = magnitudes[0]
-    return scale.astype(np.float32) if np.array_equal(magnitudes, np.broadcast_to(scale, magnitudes.shape)) else None
+    """If every output channel (last axis) of ``kernel`` is +-s with s > 0, those s; else None."""
+    return channel_scales(np.ascontiguousarray(np.moveaxis(kernel, -1, 0)))
 
 
 def _quantizer_name(quantizer) -> str:
