@@ -5,7 +5,9 @@ with bnn-tvm for this host and for a Raspberry Pi 4 (aarch64), runs the host
 build and LCE on the same inputs (1 thread each), then the aarch64 build on an
 emulated ARM board (qemu) reached through a real RPC tracker, and prints the
 agreement with LCE and the median latency of each. qemu's time is shown for
-completeness: it is emulation, not ARM hardware speed.
+completeness: it is emulation, not ARM hardware speed. Last, the same Keras
+model compiled straight from Keras (bnn-tvm's own importer and graph passes, no
+LCE converter), checked against Keras's model.predict.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ def median_ms(fn, repeat=REPEAT):
 
 def main() -> None:
     case = zoo.ZooCase("QuickNet-224", "QuickNet", size=224)
-    print("1/5 converting QuickNet (224x224, random init) with LCE's converter (cached)...", flush=True)
+    print("1/6 converting QuickNet (224x224, random init) with LCE's converter (cached)...", flush=True)
     path = zoo.cached_tflite(case)
     print(f"    {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    print("2/5 compiling with bnn-tvm for the host...", flush=True)
+    print("2/6 compiling with bnn-tvm for the host...", flush=True)
     start = time.perf_counter()
     artifact = bnn_tvm.compile(path, target="host")
     so = Path(tempfile.mkdtemp()) / "quicknet.so"
@@ -52,7 +54,7 @@ def main() -> None:
     model = bnn_tvm.load(so)
     interpreter = zoo.lce_interpreter(path, num_threads=1)
 
-    print("3/5 comparing outputs on 5 random inputs...", flush=True)
+    print("3/6 comparing outputs on 5 random inputs...", flush=True)
     worst, same_top1 = 0.0, 0
     for seed in range(5):
         x = zoo.random_input((1, 224, 224, 3), seed=seed)
@@ -61,7 +63,7 @@ def main() -> None:
         same_top1 += int(ours.argmax() == lce.argmax())
     print(f"    top-1 agreement {same_top1}/5, max abs difference {worst:.3g}")
 
-    print(f"4/5 median latency over {REPEAT} runs (batch 1, 1 thread each):", flush=True)
+    print(f"4/6 median latency over {REPEAT} runs (batch 1, 1 thread each):", flush=True)
     x = zoo.random_input((1, 224, 224, 3))
     set_threads(1)
     lce_ms = median_ms(lambda: interpreter.predict(x))
@@ -69,9 +71,26 @@ def main() -> None:
     print(f"    LCE interpreter:  {lce_ms:8.2f} ms")
     print(f"    bnn-tvm (host):   {ours_ms:8.2f} ms   ({lce_ms / ours_ms:.1f}x faster than LCE)")
 
-    print("5/5 the same model on an emulated Raspberry Pi 4 (aarch64 under qemu, over an RPC tracker)...",
+    print("5/6 the same model on an emulated Raspberry Pi 4 (aarch64 under qemu, over an RPC tracker)...",
           flush=True)
     run_on_emulated_board(path, interpreter)
+
+    print("6/6 the same Keras model compiled straight from Keras (no LCE converter)...", flush=True)
+    keras_model = zoo.keras_model(case)
+    start = time.perf_counter()
+    so = Path(tempfile.mkdtemp()) / "quicknet-keras.so"
+    bnn_tvm.compile(keras_model, target="host").export_library(so)
+    from_keras = bnn_tvm.load(so)
+    print(f"    compiled in {time.perf_counter() - start:.1f} s")
+    worst, same_top1 = 0.0, 0
+    for seed in range(5):
+        x = zoo.random_input((1, 224, 224, 3), seed=seed)
+        ours, keras = from_keras(x), keras_model.predict(x, verbose=0)
+        worst = max(worst, float(np.abs(ours - keras).max()))
+        same_top1 += int(ours.argmax() == keras.argmax())
+    keras_ms = statistics.median(from_keras.time(x, repeat=REPEAT)) * 1e3
+    print(f"    vs Keras: top-1 agreement {same_top1}/5, max abs difference {worst:.3g}; "
+          f"median latency {keras_ms:.2f} ms")
 
 
 def run_on_emulated_board(path: Path, interpreter) -> None:

@@ -13,6 +13,7 @@ from bnn_tvm.transform.binary_maxpool import MaxPoolBeforeQuantize
 from bnn_tvm.transform.bitpacked_output import BitpackedOutput
 from bnn_tvm.transform.cancel_quantize import CancelQuantizePairs
 from bnn_tvm.transform.fold_output_transform import FoldOutputTransform
+from bnn_tvm.transform.fold_scale_into_weights import FoldScaleIntoWeights
 
 SIZE, CHANNELS_IN, CHANNELS_OUT = 6, 40, 36
 
@@ -142,6 +143,37 @@ def test_activation_with_zero_padding_fuses_only_with_the_dot_formula(build_and_
     assert ("relax.nn.relu" in _ops(folded)) == (formula == "lce")
     plain, optimized = _run_both(build_and_load, mod, x)
     np.testing.assert_array_equal(optimized, plain)
+
+
+# ---------------------------------------------------------------- FoldScaleIntoWeights
+
+
+FLOAT_LAYERS = {
+    "conv2d": lambda x, rng: relax.op.nn.conv2d(
+        x, relax.const(rng.standard_normal((3, 3, CHANNELS_IN, 24)).astype("float32")), padding=(1, 1, 1, 1),
+        data_layout="NHWC", kernel_layout="HWIO"),
+    "depthwise": lambda x, rng: relax.op.nn.conv2d(
+        x, relax.const(rng.standard_normal((3, 3, CHANNELS_IN, 1)).astype("float32")), groups=CHANNELS_IN,
+        data_layout="NHWC", kernel_layout="HWOI"),
+    "matmul": lambda x, rng: relax.op.matmul(
+        relax.op.reshape(x, (1, -1)), relax.const(rng.standard_normal((SIZE * SIZE * CHANNELS_IN, 24)).astype("float32"))),
+}
+
+
+@pytest.mark.parametrize("layer", FLOAT_LAYERS)
+def test_scale_folds_into_float_weights(build_and_load, rng, x, layer):
+    def build(bb, x):
+        y = bb.emit(FLOAT_LAYERS[layer](x, rng))
+        channels = int(y.ty.shape[-1])
+        y = bb.emit(relax.op.multiply(y, relax.const(rng.uniform(0.5, 2.0, channels).astype("float32"))))
+        return relax.op.add(y, relax.const(rng.standard_normal(channels).astype("float32")))
+
+    mod = _module(build)
+    folded = relax.transform.DeadCodeElimination()(FoldScaleIntoWeights()(mod))
+    assert "relax.multiply" not in _ops(folded) and "relax.add" in _ops(folded)
+    plain, optimized = _run_both(build_and_load, mod, x)
+    # Each product is scaled before it is summed instead of after: rounding of the sums only.
+    np.testing.assert_allclose(optimized, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
 
 
 # ---------------------------------------------------------------- MaxPoolBeforeQuantize

@@ -1,7 +1,8 @@
 """Graph passes over Relax modules holding ``relax.bnn`` ops, shared by every frontend.
 
 ``optimize`` runs them in order; each pass is a ``tvm.transform.Pass`` in its own module, with its
-own tests, and the compiled result of an optimized module equals that of the unoptimized one.
+own tests, and the compiled result of an optimized module equals that of the unoptimized one (to
+float rounding where a pass refolds float constants).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .binary_maxpool import MaxPoolBeforeQuantize
 from .bitpacked_output import BitpackedOutput
 from .cancel_quantize import CancelQuantizePairs
 from .fold_output_transform import FoldOutputTransform
+from .fold_scale_into_weights import FoldScaleIntoWeights
 from .recognize_binary_layers import RecognizeBinaryLayers
 
 
@@ -27,6 +29,7 @@ def passes() -> list[tvm.transform.Pass]:
         RecognizeBinaryLayers(),
         *cleanup,
         FoldOutputTransform(),
+        FoldScaleIntoWeights(),
         *cleanup,
         MaxPoolBeforeQuantize(),
         *cleanup,

@@ -93,6 +93,17 @@ def constant(expr: relax.Expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
 
+def per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """``value`` as a [channels] vector if it broadcasts along the last axis only, else None."""
+    if value is None or value.dtype != np.float32:
+        return None
+    if value.ndim == 0:
+        return np.full(channels, value, np.float32)
+    if value.shape[-1] in (1, channels) and all(d == 1 for d in value.shape[:-1]):
+        return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float32)
+    return None
+
+
 def attrs_of(call: relax.Call) -> dict:
     return {key: attr(call, key) for key in call.attrs.keys()}
 

@@ -15,20 +15,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ._rewrite import BINARY_MAC_OPS, Graph, attrs_of, constant, op_name, remake, rewrite_calls
+from ._rewrite import BINARY_MAC_OPS, Graph, attrs_of, constant, op_name, per_channel, remake, rewrite_calls
 
 _ARITHMETIC = ("relax.multiply", "relax.divide", "relax.add", "relax.subtract")
-
-
-def _per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
-    """``value`` as a [channels] vector if it broadcasts along the last axis only, else None."""
-    if value is None or value.dtype != np.float32:
-        return None
-    if value.ndim == 0:
-        return np.full(channels, value, np.float32)
-    if value.shape[-1] in (1, channels) and all(d == 1 for d in value.shape[:-1]):
-        return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float32)
-    return None
 
 
 def _float_mac(expr: relax.Expr, graph: Graph) -> relax.Call | None:
@@ -47,7 +36,7 @@ def _fold_arithmetic(call: relax.Call, graph: Graph) -> relax.Call | None:
     if mac is None:
         return None
     multiplier, bias = constant(mac.args[2]), constant(mac.args[3])
-    value = _per_channel(constant(other), multiplier.shape[0] if multiplier is not None else 0)
+    value = per_channel(constant(other), multiplier.shape[0] if multiplier is not None else 0)
     if value is None or multiplier is None or bias is None:
         return None
     if list(call.ty.shape) != list(mac.ty.shape):  # the constant must not broadcast the output
