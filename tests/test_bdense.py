@@ -39,16 +39,20 @@ class Case:
     channels_out: int
     activation: str = "NONE"
     out_dtype: str = "float32"
+    formula: str = "dot"
 
     def __str__(self):
-        return f"n{self.batch}-c{self.channels_in}-o{self.channels_out}-{self.activation}-{self.out_dtype}"
+        return (f"n{self.batch}-c{self.channels_in}-o{self.channels_out}-{self.activation}-{self.out_dtype}"
+                f"-{self.formula}")
 
 
 def cases():
-    """Every (channels_in, channels_out); each (activation, output dtype) pair comes at batch 1 and at 3."""
+    """Every (channels_in, channels_out); each (activation, output dtype) pair comes at batch 1 and at 3, and
+    the float and int8 ones with each output formula."""
     for i, (c, co) in enumerate(itertools.product(CHANNELS_IN, CHANNELS_OUT)):
         activation, out_dtype = VARIANTS[i % len(VARIANTS)]
-        yield Case((1, 3)[i // len(CHANNELS_OUT) % 2], c, co, activation, out_dtype)
+        formula = "lce" if out_dtype != ops.PACKED_DTYPE and i // len(VARIANTS) % 2 else "dot"
+        yield Case((1, 3)[i // len(CHANNELS_OUT) % 2], c, co, activation, out_dtype, formula)
 
 
 CASES = list(cases())
@@ -68,7 +72,7 @@ def operands(case: Case, seed=0):
 
 def attrs_of(case: Case) -> dict:
     return dict(channels_in=case.channels_in, activation=case.activation, out_dtype=case.out_dtype,
-                out_scale=0.02, out_zero_point=3)
+                out_scale=0.02, out_zero_point=3, output_formula=case.formula)
 
 
 def bdense_call(case: Case, w, multiplier, bias, thresholds):
