@@ -36,17 +36,6 @@ from bnn_tvm import zoo  # noqa: E402
 from bnn_tvm.runtime import set_threads  # noqa: E402
 
 
-def stock_tflite(case: zoo.ZooCase) -> bytes:
-    """The float-equivalent model: the same Keras model through TensorFlow's own converter."""
-    path = zoo.CACHE_DIR / f"{case.name}-float-{zoo.recipe_hash(case.recipe())}.tflite"
-    if not path.exists():
-        import tensorflow as tf
-
-        data = tf.lite.TFLiteConverter.from_keras_model(zoo.keras_model(case)).convert()
-        path.write_bytes(data)
-    return path.read_bytes()
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -59,7 +48,7 @@ def compare(case: zoo.ZooCase, threads: int, runs: int, builds: dict) -> dict:
     x = zoo.random_input((1, case.size, case.size, 3))
     set_threads(threads)
     lce = zoo.lce_interpreter(zoo.cached_tflite(case), num_threads=threads)
-    tfl = tf.lite.Interpreter(model_content=stock_tflite(case), num_threads=threads)
+    tfl = tf.lite.Interpreter(model_content=zoo.cached_stock_tflite(case).read_bytes(), num_threads=threads)
     tfl.allocate_tensors()
     tfl_in, tfl_out = tfl.get_input_details()[0]["index"], tfl.get_output_details()[0]["index"]
 

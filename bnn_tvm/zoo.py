@@ -77,11 +77,7 @@ def cached_tflite(case, builder=None) -> Path:
     path = CACHE_DIR / f"{case.name}-{recipe_hash(case.recipe())}.tflite"
     if not path.exists():
         model = (builder or keras_model)(case)
-        data = convert(model, int8=getattr(case, "output", "") == "int8")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _write_atomically(path, convert(model, int8=getattr(case, "output", "") == "int8"))
     return path
 
 
@@ -200,7 +196,7 @@ def convert_stock(model) -> bytes:
 def cached_stock_tflite(case, builder=None) -> Path:
     """The .tflite of ``case`` converted by ``convert_stock`` once and cached under CACHE_DIR.
 
-    Named ``<name>-float-<recipe hash>``, the file ``benchmarks/bench.py`` caches its float models as.
+    Named ``<name>-float-<recipe hash>``.
     """
     path = CACHE_DIR / f"{case.name}-float-{recipe_hash(case.recipe())}.tflite"
     if not path.exists():
