@@ -287,7 +287,7 @@ class _KerasImporter:
         leading = _shape(x)[:-1]
         if len(leading) > 1:
             x = self.bb.emit(relax.op.reshape(x, [-1, _shape(x)[-1]]))
-        if binary_input and scale is not None and hasattr(ops, "bdense"):
+        if binary_input and scale is not None:
             packed = self.bb.emit(ops.quantize(x))
             y = ops.bdense(packed, relax.const(quantize_ref(np.ascontiguousarray(kernel.T))),
                            channels_in=kernel.shape[0], multiplier=relax.const(scale),
