@@ -100,6 +100,20 @@ def keras_model(case):
     return _conv_model(case)
 
 
+def logits_model(model):
+    """``model`` without its final softmax: random weights saturate the softmax, which hides differences."""
+    tf = _tf()
+    last = model.layers[-1]
+    if type(last).__name__ in ("Activation", "Softmax"):
+        return tf.keras.Model(model.inputs, last.input)
+    return model
+
+
+def keras_logits_model(case):
+    """``keras_model(case)`` without its final softmax (a builder for ``cached_tflite``)."""
+    return logits_model(keras_model(case))
+
+
 def _zoo_model(case: ZooCase):
     import larq_zoo
 

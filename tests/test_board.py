@@ -12,7 +12,10 @@ import bnn_tvm
 from bnn_tvm import zoo
 from bnn_tvm.runtime import load_remote
 
+from .helpers import compare_logits
+from .test_keras_zoo import RTOL as KERAS_RTOL
 from .test_lce import CASES, input_for
+from .test_zoo import RTOL
 
 BOARD_CASES = [case for case in CASES if case.name in {
     "channels33", "channels97", "stride2", "zero-padding", "packed-handoff", "bmaxpool", "int8", "relu6"}]
@@ -35,23 +38,17 @@ def test_board_is_bitexact_with_host(case, emulated_board, build_and_load, tmp_p
 
 
 def test_quicknet_small_on_board_matches_lce(emulated_board, tmp_path):
-    case = zoo.ZooCase("QuickNetSmall-64", "QuickNetSmall", size=64)
-    path = zoo.cached_tflite(case)
+    case = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)  # test_zoo's model
+    path = zoo.cached_tflite(case, builder=zoo.keras_logits_model)
     model = on_board(path, emulated_board, tmp_path, case.name)
-    interpreter = zoo.lce_interpreter(path)
-    for seed in range(3):
-        x = zoo.random_input((1, 64, 64, 3), seed=seed)
-        got, expected = model(x), interpreter.predict(x)
-        assert got.shape == expected.shape
-        assert got.argmax() == expected.argmax()
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # float layers: rounding only (test_zoo)
+    compare_logits(model, zoo.lce_interpreter(path).predict, (1, 64, 64, 3), f"{case.name} on the board vs LCE",
+                   RTOL, inputs=3)
 
 
 def test_keras_quicknet_small_on_board_matches_keras(emulated_board, tmp_path):
     """The Keras import's rpi4 build, run on the board (test_keras_zoo compiles every architecture for rpi4)."""
-    from .test_keras_zoo import compare, logits_model
-
     case = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)
-    keras = logits_model(zoo.keras_model(case))
+    keras = zoo.keras_logits_model(case)
     model = on_board(keras, emulated_board, tmp_path, case.name)
-    compare(model, lambda x: keras.predict(x, verbose=0), (1, 64, 64, 3), f"{case.name} on the board vs Keras")
+    compare_logits(model, lambda x: keras.predict(x, verbose=0), (1, 64, 64, 3),
+                   f"{case.name} on the board vs Keras", KERAS_RTOL, inputs=3)
