@@ -93,6 +93,18 @@ def check_transform_inputs(op: str, call: relax.Call, attrs: dict, channels_out:
             raise BnnOpError(op, name, f"expected shape [{channels_out}], got {shape}")
 
 
+def infer_binary_mac_type(op: str, call: relax.Call, attrs: dict, geometry_of) -> relax.TensorType:
+    """Shape inference of a binary MAC op: packed input and filter, ``geometry_of(x_shape, w_shape, attrs)``
+    validating them, then the output transform's arguments."""
+    x_shape, x_dtype = static_shape(op, "input", call.args[0])
+    w_shape, w_dtype = static_shape(op, "filter", call.args[1])
+    expect_dtype(op, "input", x_dtype, (PACKED_DTYPE,))
+    expect_dtype(op, "filter", w_dtype, (PACKED_DTYPE,))
+    geometry = geometry_of(x_shape, w_shape, attrs)
+    check_transform_inputs(op, call, attrs, geometry.channels_out)
+    return relax.TensorType(geometry.out_shape, attrs["out_dtype"])
+
+
 def clamp_range(activation: str, depth: int, formula: str) -> tuple[int, int]:
     """The activation's bounds on the integer the formula converts: ``dot`` itself (``"dot"``), or ``2 * accum``
     (``"lce"``), ``K = depth``."""

@@ -22,7 +22,6 @@ from ._common import (
     BnnOpError,
     attr,
     check_choice,
-    expect_dtype,
     make_call,
     packed_words,
     register_op,
@@ -33,7 +32,7 @@ from ._output_transform import (
     TRANSFORM_ATTRS,
     ACTIVATIONS,
     OUT_DTYPES,
-    check_transform_inputs,
+    infer_binary_mac_type,
     legalize_folded_constants,
     packed_output_compute,
     packed_output_ref,
@@ -113,14 +112,7 @@ def _attrs(call: relax.Call) -> dict:
 
 
 def _infer_type(call: relax.Call) -> relax.TensorType:
-    attrs = _attrs(call)
-    x_shape, x_dtype = static_shape(OP, "input", call.args[0])
-    w_shape, w_dtype = static_shape(OP, "filter", call.args[1])
-    expect_dtype(OP, "input", x_dtype, (PACKED_DTYPE,))
-    expect_dtype(OP, "filter", w_dtype, (PACKED_DTYPE,))
-    geometry = DenseGeometry(x_shape, w_shape, attrs)
-    check_transform_inputs(OP, call, attrs, geometry.channels_out)
-    return relax.TensorType(geometry.out_shape, attrs["out_dtype"])
+    return infer_binary_mac_type(OP, call, _attrs(call), DenseGeometry)
 
 
 # ---------------------------------------------------------------- numpy reference
