@@ -4,19 +4,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the project uses: C++ compilers that link the .so files (host and cross), and
-# qemu for the emulated ARM board (whose arm64 packages apt-get downloads: it needs the arm64 architecture).
-DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static
+# The exact version of every Python package, host and board (bnn_tvm/lock.py); `make lock` regenerates it.
+LOCK := requirements.lock
+# Debian packages the project uses: C++ compilers that link the .so files (host and cross), qemu for the
+# emulated ARM board (whose arm64 packages apt-get downloads: it needs the arm64 architecture), and for
+# ARM profiles the dynamic qemu-user (which loads plugins) and llvm (llvm-mca).
+DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static qemu-user llvm
+# The instruction-counting QEMU plugin behind `bnn-tvm profile` (bnn_tvm/armprofile).
+PLUGIN := build/libinsn_count.so
 
-.PHONY: demo test system-packages venv clean
+.PHONY: demo test fuzz system-packages venv lock plugin clean
 
 demo: venv
 	$(PY) benchmarks/demo.py
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=40
 
-venv: system-packages $(STAMP)
+# Thousands of mutated models through `bnn-tvm compile` (tests/fuzzing.py); `make test` runs a hundred of them.
+# Another seed gives other cases: `make fuzz FUZZ_SEED=7 FUZZ_CASES=500`.
+FUZZ_CASES ?= 3000
+FUZZ_SEED ?= 0
+fuzz: venv
+	$(PY) -m tests.fuzzing --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --json fuzz-$(FUZZ_SEED).json
+
+venv: system-packages $(STAMP) $(PLUGIN)
+
+plugin: $(PLUGIN)
+
+$(PLUGIN): bnn_tvm/armprofile/insn_count.c
+	mkdir -p $(dir $@)
+	gcc -O2 -Wall -Wextra -Wno-unused-parameter -shared -fPIC -o $@ $<
 
 system-packages:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,11 +46,21 @@ system-packages:
 	  else echo "Run: sudo dpkg --add-architecture arm64 && sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[larq,test]"
+# A new lock makes a new venv: installing over an old one would keep packages the lock no longer has.
+# --no-deps: a package missing from the lock fails here instead of being downloaded unpinned.
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --no-deps $$(grep -E '^(pip|setuptools|wheel)==' $(LOCK))
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
+# Resolve pyproject.toml's ranges afresh (every extra, the installers, the board's packages) into the lock.
+# It needs only pip, not the venv being replaced.
+lock:
+	$(PYTHON) bnn_tvm/lock.py
+
 clean:
-	rm -rf $(VENV) tests/fixtures/cache
+	rm -rf $(VENV) build tests/fixtures/cache

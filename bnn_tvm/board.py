@@ -10,7 +10,10 @@ qemu timings rank schedules; they are not ARM hardware times.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +23,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from .lock import BOARD_PACKAGES, LOCK_FILE, pinned
+
 STATE_DIR = Path(os.environ.get("BNN_TVM_STATE", f"/tmp/bnn-tvm-{os.getuid()}"))
-BOARD_CACHE = Path(os.environ.get("BNN_TVM_BOARD_CACHE", Path.home() / ".cache" / "bnn-tvm" / "board-aarch64"))
+# Holds one folder per emulated board, named by a hash of what it is built from (see board_folder).
+BOARD_CACHE = Path(os.environ.get("BNN_TVM_BOARD_CACHE", Path.home() / ".cache" / "bnn-tvm" / "boards"))
 QEMU = "qemu-aarch64-static"
 PYTHON = "python3.11"
 # arm64 Debian packages that make a working CPython 3.11 with the libraries TVM's runtime loads.
@@ -31,9 +37,11 @@ DEBIAN_PACKAGES = (
     "libreadline8 libnsl2 libtirpc3 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 "
     "libcom-err2 libdb5.3"
 ).split()
-# The same pins as the host (see pyproject.toml): the board's runtime must match the compiler.
-WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy<2", "ml_dtypes", "typing_extensions",
-          "tornado", "psutil", "cloudpickle")
+# These must equal the host's: the board loads what the host's TVM compiled, and the RPC protocol and
+# the tensors it carries are theirs.
+MUST_MATCH_HOST = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml-dtypes")
+# The wheel tags the board's CPython 3.11 and glibc 2.36 accept (pip matches each tag as given, not older ones).
+WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 READY_TIMEOUT = 120.0
 
 
@@ -76,6 +84,7 @@ def _stop(kind: str, name: str) -> bool:
     try:
         os.killpg(pid, signal.SIGTERM)
         for _ in range(50):
+            _reap(pid)
             os.kill(pid, 0)
             time.sleep(0.1)
         os.killpg(pid, signal.SIGKILL)
@@ -83,6 +92,14 @@ def _stop(kind: str, name: str) -> bool:
         pass
     pidfile.unlink(missing_ok=True)
     return True
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is our child and has exited: a zombie still answers kill(pid, 0)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 # ------------------------------------------------------------------ tracker
@@ -128,38 +145,100 @@ def tracker_keys(host: str, port: int) -> dict:
     return {key: info.get("free", 0) for key, info in summary.get("queue_info", {}).items()}
 
 
+def registered_boards(host: str, port: int, key: str) -> list[tuple[str, int]]:
+    """The addresses of the servers registered under ``key`` at the tracker, free or busy (a busy server keeps
+    its tracker connection while it serves a session, so it stays listed until it dies)."""
+    from tvm import rpc
+
+    if not _accepts(host, port):  # connect_tracker would retry for a minute
+        raise BoardError(f"no tracker at {host}:{port}")
+    summary = rpc.connect_tracker(host, port).summary()
+    return [tuple(s["addr"]) for s in summary.get("server_info", []) if s.get("key") == f"server:{key}"]
+
+
 # ------------------------------------------------------------------ emulated board
 
 
-def build_emulated_board(cache: Path = BOARD_CACHE) -> Path:
-    """The emulated aarch64 board's files (sysroot, site-packages, launcher), built once into ``cache``."""
-    launcher = cache / "python-aarch64"
-    if (cache / ".ready").exists():
-        return launcher
+def board_folder(cache: Path = BOARD_CACHE, lock: Path = LOCK_FILE) -> Path:
+    """Where the emulated board built from ``lock`` lives: a folder named by a hash of its pinned wheels and
+    Debian packages, so a board built from another lock is never reused."""
+    recipe = "\n".join([*pinned(BOARD_PACKAGES, lock), PYTHON, *DEBIAN_PACKAGES])
+    return cache / f"aarch64-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def build_emulated_board(cache: Path = BOARD_CACHE, lock: Path = LOCK_FILE) -> Path:
+    """The emulated aarch64 board's folder (sysroot, site-packages, launcher), built once into ``cache``."""
+    folder = board_folder(cache, lock)
+    if (folder / ".ready").exists():
+        return folder
     if shutil.which(QEMU) is None:
         raise BoardError(f"{QEMU} is missing: apt-get install qemu-user-static (make test installs it)")
     if "arm64" not in subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True,
                                      text=True).stdout.split():
         raise BoardError("apt cannot fetch arm64 packages: dpkg --add-architecture arm64 && apt-get update")
-    debs, sysroot, wheels, site = (cache / d for d in ("debs", "sysroot", "wheels", "site"))
-    for folder in (debs, wheels, site):
-        folder.mkdir(parents=True, exist_ok=True)
+    wheels = pinned(BOARD_PACKAGES, lock)
+    # Built beside its place and renamed into it when complete: an interrupted build leaves nothing that looks ready.
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    debs, sysroot, downloads, site = (partial / d for d in ("debs", "sysroot", "wheels", "site"))
+    for path in (debs, downloads, site):
+        path.mkdir(parents=True)
     _run(["apt-get", "download", *(f"{p}:arm64" for p in DEBIAN_PACKAGES)], cwd=debs, what="arm64 packages")
     for deb in sorted(debs.glob("*.deb")):
         _run(["dpkg", "-x", str(deb), str(sysroot)], what=f"unpacking {deb.name}")
     _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps", "--python-version",
-          "3.11", "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64", "-d", str(wheels),
-          *WHEELS], what="aarch64 wheels")
-    for wheel in sorted(wheels.glob("*.whl")):
+          "3.11", *(arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)), "-d", str(downloads),
+          *wheels], what="aarch64 wheels")
+    for wheel in sorted(downloads.glob("*.whl")):
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(site)
-    launcher.write_text(f'#!/bin/sh\nexec {QEMU} -L "{sysroot}" "{sysroot}/usr/bin/{PYTHON}" "$@"\n')
+    launcher = partial / "python-aarch64"
+    launcher.write_text(f'#!/bin/sh\nexec {QEMU} -L "{folder / "sysroot"}" "{folder / "sysroot"}/usr/bin/{PYTHON}" "$@"\n')
     launcher.chmod(0o755)
     # The RPC server re-executes sys.executable; without binfmt_misc the kernel cannot run an aarch64
     # binary, so point it at the launcher.
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.executable = {str(launcher)!r}\n")
-    (cache / ".ready").write_text("ok\n")
-    return launcher
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.executable = {str(folder / launcher.name)!r}\n")
+    (partial / ".ready").write_text("".join(f"{wheel}\n" for wheel in wheels))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return folder
+
+
+def installed_versions(folder: Path, names=BOARD_PACKAGES) -> dict[str, str | None]:
+    """{name: version} of packages as the board's own Python sees them installed (None: not installed)."""
+    script = ("import sys, importlib.metadata as m\n"
+              "for name in sys.argv[1:]:\n"
+              "    try: print(name, m.version(name))\n"
+              "    except m.PackageNotFoundError: print(name, '-')\n")
+    done = subprocess.run([str(folder / "python-aarch64"), "-c", script, *names], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(folder / "site")}, timeout=300)
+    if done.returncode != 0:
+        raise BoardError(f"the emulated board in {folder} cannot run Python:\n{done.stderr[-2000:]}")
+    versions = dict(line.split() for line in done.stdout.splitlines())
+    return {name: None if versions[name] == "-" else versions[name] for name in names}
+
+
+def check_matches_host(folder: Path) -> None:
+    """Fail, naming each package and both versions, unless the board's TVM, TVM FFI, numpy and ml_dtypes are
+    the host's: a board that differs cannot run what the host compiles (or cannot even start its server)."""
+    on_board = installed_versions(folder, MUST_MATCH_HOST)
+    differences = [f"{name} {host_version(name)} on the host, {on_board[name] or 'not installed'} on the board"
+                   for name in MUST_MATCH_HOST if on_board[name] != host_version(name)]
+    if differences:
+        raise BoardError(f"the emulated board in {folder} does not match the host: {'; '.join(differences)}. "
+                         "Install the host from the lock (make clean && make venv) or delete that folder to rebuild it")
+
+
+def host_requirements() -> list[str]:
+    """``name==version`` of every board package at the host's version: what a real board installs."""
+    return [f"{name}=={host_version(name)}" for name in BOARD_PACKAGES]
+
+
+def host_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _run(argv, what: str, cwd=None) -> None:
@@ -169,29 +248,65 @@ def _run(argv, what: str, cwd=None) -> None:
 
 
 def start_emulated_board(tracker: str, key: str, port: int = 9090, host: str = "127.0.0.1",
-                         cache: Path = BOARD_CACHE) -> int:
-    """Start an emulated aarch64 board registered with ``tracker`` as ``key``; return when it is ready."""
+                         cache: Path = BOARD_CACHE, count: int = 1) -> list[int]:
+    """Start ``count`` emulated aarch64 boards registered with ``tracker`` under one ``key`` (board i tries ports
+    from ``port + i`` on); return their pids, once every one is registered. Emulated boards already running under
+    ``key`` are stopped first."""
+    if count < 1:
+        raise BoardError(f"count must be at least 1, got {count}")
     tracker_host, tracker_port = parse_address(tracker)
     if not _accepts(tracker_host, tracker_port):
         raise BoardError(f"no tracker at {tracker}: start one with `bnn-tvm tracker start --port {tracker_port}`")
-    launcher = build_emulated_board(cache)
-    site = cache / "site"
+    folder = build_emulated_board(cache)
+    check_matches_host(folder)
+    site = folder / "site"
     env = {**os.environ, "PYTHONPATH": str(site), "TVM_USE_RUNTIME_LIB": "1"}
-    argv = [str(launcher), "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port), "--port-end",
-            str(port + 100), "--tracker", tracker, "--key", key,
-            # without it MetaSchedule's measurements fail (random_fill_for_measure is missing)
-            "--load-library", str(site / "tvm" / "lib" / "libtvm_runtime_extra.so")]
-    _stop("board", key)
-    process = _spawn("board", key, argv, env)
+    stop_board(key)
+    names = [f"{key}@{i}" for i in range(count)]
+    processes = [_spawn("board", name, [
+        str(folder / "python-aarch64"), "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port + i),
+        "--port-end", str(port + i + 100), "--tracker", tracker, "--key", key,
+        # without it MetaSchedule's measurements fail (random_fill_for_measure is missing)
+        "--load-library", str(site / "tvm" / "lib" / "libtvm_runtime_extra.so")], env) for i, name in enumerate(names)]
     deadline = time.monotonic() + READY_TIMEOUT
-    while tracker_keys(tracker_host, tracker_port).get(key, 0) < 1:
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop("board", key)
-            raise BoardError(f"the emulated board {key!r} did not register with {tracker} within "
-                             f"{READY_TIMEOUT:.0f} s:\n{_log_tail('board', key)}")
-        time.sleep(0.5)
-    return process.pid
+    waiting = dict(zip(names, processes, strict=True))
+    try:
+        while True:
+            # Ready: the tracker lists the port the board's log says it bound (other servers may share the key).
+            ports = {p for _, p in registered_boards(tracker_host, tracker_port, key)}
+            waiting = {name: process for name, process in waiting.items() if _bound_port(name) not in ports}
+            if not waiting:
+                return [process.pid for process in processes]
+            failed = next((name for name, process in waiting.items() if process.poll() is not None), None)
+            if failed or time.monotonic() > deadline:
+                failed = failed or next(iter(waiting))
+                raise BoardError(f"the emulated board {failed!r} did not register with {tracker} within "
+                                 f"{READY_TIMEOUT:.0f} s:\n{_log_tail('board', failed)}")
+            time.sleep(0.5)
+    except BaseException:
+        stop_board(key)
+        raise
 
 
-def stop_board(key: str) -> bool:
-    return _stop("board", key)
+def _bound_port(name: str) -> int | None:
+    path = STATE_DIR / f"board-{name}.log"
+    found = re.search(r"bind to \S+:(\d+)", path.read_text(errors="replace")) if path.exists() else None
+    return int(found.group(1)) if found else None
+
+
+def _board_names(key: str) -> list[str]:
+    """The emulated boards started under ``key``, in the order they were started (``key`` alone: an older one)."""
+    pattern = re.compile(re.escape(key) + r"(@(\d+))?")
+    found = [(m.group(2) or "-1", m.string) for f in STATE_DIR.glob("board-*.pid")
+             if (m := pattern.fullmatch(f.name[len("board-"):-len(".pid")]))]
+    return [name for _, name in sorted(found, key=lambda item: int(item[0]))]
+
+
+def board_logs(key: str) -> list[Path]:
+    """The server logs of the emulated boards running under ``key``, in the order they were started."""
+    return [STATE_DIR / f"board-{name}.log" for name in _board_names(key)]
+
+
+def stop_board(key: str) -> int:
+    """Stop every emulated board started under ``key``; return how many were running."""
+    return sum(_stop("board", name) for name in _board_names(key))

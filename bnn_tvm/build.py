@@ -52,31 +52,50 @@ def _pipeline(target: tvm.target.Target, tuning_records: str | os.PathLike | Non
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
-def load_model(model) -> tvm.IRModule:
+def load_model(model, input_shapes=None, trust_model_code: bool = False) -> tvm.IRModule:
     """A Relax module from an IRModule, a .tflite path or bytes, a Keras model or a Keras model path
-    (.h5, .keras, or a SavedModel folder)."""
-    if isinstance(model, tvm.IRModule):
-        return model
-    if isinstance(model, (bytes, bytearray)) or (isinstance(model, (str, os.PathLike))
-                                                 and Path(model).suffix == ".tflite"):
+    (.h5, .keras, or a SavedModel folder).
+
+    ``input_shapes`` (``{input name: shape}``, one shape for a single-input model, or tvmc's
+    ``--input-shapes`` text) sets the shapes a Keras model leaves open: the batch (1 by default), a variable
+    height and width. A .tflite file (or an IRModule) has its shapes baked in: they may only be repeated.
+    ``trust_model_code=True`` lets a Keras model file run the Python code it carries (Lambda layers, see
+    ``bnn_tvm.frontend.keras.load_keras_model``): only for files you trust; without it such files are refused.
+    A SavedModel folder goes through Keras when Keras can and may rebuild it, else through its traced
+    serving graph, which runs no code from the folder (``bnn_tvm.frontend.saved_model``).
+    """
+    from .frontend.input_shapes import resolve_input_shapes
+
+    if isinstance(model, tvm.IRModule) or isinstance(model, (bytes, bytearray)) or (
+            isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".tflite"):
         from .frontend import from_tflite
 
-        return from_tflite(model)
+        mod = model if isinstance(model, tvm.IRModule) else from_tflite(model)
+        if input_shapes is not None:
+            where = "the model" if isinstance(model, (tvm.IRModule, bytes, bytearray)) else str(model)
+            resolve_input_shapes([(p.name, [int(d) for d in p.ty.shape.values]) for p in mod["main"].params],
+                                 input_shapes, where, fixed_reason="a .tflite model has its shapes baked in: "
+                                 "convert it again at the shape you want (or compile the Keras model)")
+        return mod
+    if isinstance(model, (str, os.PathLike)) and (Path(model) / "saved_model.pb").is_file():
+        from .frontend.saved_model import from_saved_model_folder
+
+        return from_saved_model_folder(model, input_shapes, trust_model_code)
     if not isinstance(model, (str, os.PathLike)) or Path(model).suffix in KERAS_SUFFIXES or (
             Path(model) / "saved_model.pb").exists():
         from .frontend import from_keras
 
-        return from_keras(model)
+        return from_keras(model, input_shapes, trust_model_code)
     raise ValueError(f"cannot import {model!r}: bnn-tvm reads .tflite files (LCE-converted or stock) and Keras "
                      f"models ({', '.join(KERAS_SUFFIXES)} or a SavedModel folder)")
 
 
-def import_model(model, graph_passes: bool = True) -> tvm.IRModule:
-    """``load_model`` then, unless ``graph_passes`` is False, the graph passes of ``bnn_tvm.transform``:
-    the module that compiling and tuning start from."""
+def import_model(model, graph_passes: bool = True, input_shapes=None, trust_model_code: bool = False) -> tvm.IRModule:
+    """``load_model`` (with ``input_shapes`` and ``trust_model_code``) then, unless ``graph_passes`` is False,
+    the graph passes of ``bnn_tvm.transform``: the module that compiling and tuning start from."""
     from .transform import optimize
 
-    mod = load_model(model)
+    mod = load_model(model, input_shapes, trust_model_code)
     return optimize(mod) if graph_passes else mod
 
 
@@ -101,13 +120,20 @@ class Artifact:
         self.target = target
         self.preset = preset
 
-    def export_library(self, path: str | os.PathLike) -> Path:
-        """Write one self-contained .so (weights inside), atomically."""
+    def export_library(self, path: str | os.PathLike, cross_compiler: str | None = None,
+                       cross_compiler_options: list[str] | None = None) -> Path:
+        """Write one self-contained .so (weights inside), atomically.
+
+        It links with ``cross_compiler`` (default: the preset's, or the host's C++ compiler) and its
+        ``cross_compiler_options``, as tvmc's flags of those names: an Android NDK's clang, say.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {}
-        if self.preset is not None and self.preset.cross_compiler:
-            kwargs["fcompile"] = tvm.support.cc.cross_compiler(self.preset.cross_compiler)
+        linker = cross_compiler or (self.preset.cross_compiler if self.preset is not None else None)
+        if linker or cross_compiler_options:
+            kwargs["fcompile"] = tvm.support.cc.cross_compiler(linker or tvm.support.cc.get_cc(),
+                                                               options=cross_compiler_options or [])
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
             tmp_path = Path(tmp.name)
         try:
@@ -119,14 +145,15 @@ class Artifact:
 
 
 def compile(model, target="host", tuning_records=None, report=None,  # noqa: A001 - as tvm.compile
-            graph_passes: bool = True) -> Artifact:
-    """Compile a model (see ``load_model``) for ``target``.
+            graph_passes: bool = True, input_shapes=None, trust_model_code: bool = False) -> Artifact:
+    """Compile a model (see ``load_model``, which also says what ``input_shapes`` and ``trust_model_code`` do:
+    the latter runs code the model file carries) for ``target``.
 
     ``tuning_records``: a folder written by ``bnn_tvm.tune``; its best schedules replace the defaults for
     the functions it has records of, and ``report(tuned, total)`` is told how many that was.
     ``graph_passes=False`` skips ``bnn_tvm.transform`` (to compare against what it optimizes).
     """
-    mod = _with_input_signature(import_model(model, graph_passes))
+    mod = _with_input_signature(import_model(model, graph_passes, input_shapes, trust_model_code))
     tvm_target, preset = _targets.resolve(target)
     pipeline = _pipeline(tvm_target, tuning_records, report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)

@@ -34,7 +34,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from . import strategies
 from . import targets as _targets
-from .board import parse_address
+from .board import BoardError, parse_address, registered_boards
 from .build import import_model, legalize
 from .schedule_pass import is_binary_task
 
@@ -305,6 +305,63 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
                  + (f" ({failed} of this batch failed)" if failed else ""))
 
 
+@derived_object
+class _Measured(ms.runner.PyRunnerFuture):
+    """A measurement already taken."""
+
+    def __init__(self, result: ms.runner.RunnerResult):
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> ms.runner.RunnerResult:
+        return self._result
+
+
+@derived_object
+class EmulatedCycleRunner(ms.runner.PyRunner):
+    """Ranks a batch of aarch64 candidates by their estimated cycles on the preset's core, counted on the
+    emulated board (``bnn_tvm.armprofile.kernel_cycles``), reported as seconds at the preset's clock (1 GHz
+    where it has none). qemu's wall time would rank emulation speed, not the ARM core's."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.hertz = (_targets.presets()[target].clock_ghz or 1.0) * 1e9
+
+    def run(self, runner_inputs) -> list:
+        from .armprofile import ProfileError, kernel_cycles
+
+        kernels = [(str(i.artifact_path), [info.as_json() for info in i.args_info]) for i in runner_inputs]
+        try:
+            cycles = kernel_cycles(kernels, self.target)
+        except ProfileError as error:
+            cycles, failure = [None] * len(kernels), str(error)
+        else:
+            failure = "the candidate failed on the emulated board"
+        return [_Measured(ms.runner.RunnerResult([c / self.hertz], None) if c is not None else
+                          ms.runner.RunnerResult(None, failure)) for c in cycles]
+
+
+def _record_defaults(contexts, binary, builder, runner, database) -> None:
+    """Measure each binary task's untuned schedule (its space's default decisions) after the search and record
+    it: the best record, which compile applies, is then never worse than the untuned build on this measure.
+    (Recorded after the search, which would replay and mutate it: its trace is the unprocessed design space.)"""
+    for context, is_binary in zip(contexts, binary, strict=True):
+        if not is_binary:
+            continue
+        default = context.space_generator.generate_design_space(context.mod)[0]
+        (built,) = builder.build([ms.builder.BuilderInput(default.mod, context.target)])
+        if built.error_msg is not None:
+            continue
+        args_info = ms.arg_info.ArgInfo.from_prim_func(default.mod["main"])
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
+        measured = future.result()
+        if measured.error_msg is None:
+            database.commit_tuning_record(ms.database.TuningRecord(
+                default.trace, database.commit_workload(context.mod), measured.run_secs, context.target, args_info))
+
+
 def build_candidate(mod, target, _params):
     """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin``, which registers
     every vendor's intrinsics and costs each fresh build worker about 20 s here."""
@@ -355,6 +412,45 @@ def create_board_session(rpc_config):
     return outcome["session"]
 
 
+@derived_object
+class BoardFarmRunner(ms.runner.PyRunner):
+    """MetaSchedule's ``RPCRunner`` measuring one candidate per board registered under the key at a time.
+
+    The tracker hands each session to a free board of the key, so a pool of as many workers as boards keeps
+    every board busy. The boards are counted when tuning starts and again before each batch: a board that
+    joins widens the pool. A board that dies is not subtracted: the extra worker's session request waits at
+    the tracker for a board that is alive, and the dead board costs only the candidate it was running.
+    """
+
+    def __init__(self, rpc_config: ms.runner.RPCConfig, evaluator_config: ms.runner.EvaluatorConfig, say=print):
+        self.rpc_config, self.evaluator_config, self.say = rpc_config, evaluator_config, say
+        # Narrower pools stay referenced: the task scheduler joins a batch after sending the next one, and a
+        # collected pool kills its workers.
+        self.pools: list[ms.runner.RPCRunner] = []
+        self.width = 0
+        self._widen(max(1, self._boards()))
+
+    def _boards(self) -> int:
+        try:
+            return len(registered_boards(self.rpc_config.tracker_host, self.rpc_config.tracker_port,
+                                         self.rpc_config.tracker_key))
+        except (BoardError, OSError):  # the sessions will fail and say why; the run goes on
+            return 0
+
+    def _widen(self, boards: int) -> None:
+        self.width = boards
+        self.pools.append(ms.runner.RPCRunner(
+            f_create_session=create_board_session, rpc_config=self.rpc_config,
+            evaluator_config=self.evaluator_config, max_workers=boards))
+        self.say(f"measuring on {boards} board{'s' * (boards > 1)} of key {self.rpc_config.tracker_key!r}, "
+                 f"one candidate per board at a time")
+
+    def run(self, runner_inputs) -> list:
+        if (boards := self._boards()) > self.width:
+            self._widen(boards)
+        return self.pools[-1].run(runner_inputs)
+
+
 def tune(
     model,
     target="host",
@@ -366,22 +462,30 @@ def tune(
     trials_per_iter: int = 16,
     say=print,
     run_timeout: float = RUN_TIMEOUT_SEC,
+    input_shapes=None,
+    trust_model_code: bool = False,
 ) -> Path:
     """Tune ``model``'s kernels for ``target``, ``trials`` measurements per task; records go to ``log_dir``.
 
     With ``rpc_tracker`` (``HOST:PORT``) and ``rpc_key`` the candidates are cross-linked and measured on
     that board; a board that fails, dies or does not answer within ``run_timeout`` seconds costs the
-    trials it was running (recorded as failed), not the run.
+    trials it was running (recorded as failed), not the run. An aarch64 preset without a board is measured
+    on the emulated board by estimated cycles (``EmulatedCycleRunner``). Each binary task's untuned
+    schedule is measured and recorded too, so tuning never makes a kernel slower on its own measure.
+    ``input_shapes`` and ``trust_model_code`` are ``bnn_tvm.compile``'s (pass the same to compile the tuned
+    model: the records are for those shapes); ``trust_model_code`` runs code the model file carries.
     """
     tvm_target, preset = _targets.resolve(target)
     if bool(rpc_tracker) != bool(rpc_key):
         raise ValueError("rpc_tracker and rpc_key go together")
-    if preset is not None and not preset.runnable_here and not rpc_tracker:
-        raise ValueError(f"target {preset.name} cannot run on this machine: tune it on a board "
-                         f"(--rpc-tracker HOST:PORT --rpc-key KEY)")
+    emulated = preset is not None and not preset.runnable_here and not rpc_tracker
+    if emulated and preset.core is None:
+        raise ValueError(f"target {preset.name} cannot run on this machine nor on the emulated board: tune it on "
+                         f"a board (--rpc-tracker HOST:PORT --rpc-key KEY)")
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    mod = legalize(import_model(model), tvm_target)  # the module compile starts from, so that the records apply
+    # The module compile starts from, so that the records apply.
+    mod = legalize(import_model(model, input_shapes=input_shapes, trust_model_code=trust_model_code), tvm_target)
     tasks = [(t, is_binary_task(t.dispatched[0]["main"])) for t in ms.relax_integration.extract_tasks(mod, tvm_target)]
     tasks = [(t, binary) for t, binary in tasks if binary or not only_binary]
     if not tasks:
@@ -400,16 +504,19 @@ def tune(
         f"{trials} trials each, records in {log_dir}")
 
     cross = preset.cross_compiler if preset is not None else None
-    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SEC, f_build=build_candidate,
+    # The cores this process may use: MetaSchedule's default counts the machine's, ignoring taskset and cpusets.
+    builder = ms.builder.LocalBuilder(max_workers=len(os.sched_getaffinity(0)), timeout_sec=BUILD_TIMEOUT_SEC,
+                                      f_build=build_candidate,
                                       f_export=functools.partial(export_candidate, cross_compiler=cross))
     if rpc_tracker:
         host, port = parse_address(rpc_tracker)
-        runner = ms.runner.RPCRunner(
-            f_create_session=create_board_session,
-            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
-                                           session_timeout_sec=int(run_timeout)),
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, enable_cpu_cache_flush=False),
-        )
+        runner = BoardFarmRunner(
+            ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                session_timeout_sec=int(run_timeout)),
+            ms.runner.EvaluatorConfig(number=3, repeat=1, enable_cpu_cache_flush=False), say)
+    elif emulated:
+        runner = EmulatedCycleRunner(preset.name)
+        say(f"measuring on the emulated board: estimated {preset.core} cycles, not qemu's time")
     else:
         runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1))
     database = AtomicJSONDatabase(log_dir)
@@ -421,6 +528,7 @@ def tune(
             max_trials_per_task=trials, num_trials_per_iter=min(trials_per_iter, trials), builder=builder,
             runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
         )
+        _record_defaults(contexts, [is_binary for _, is_binary in tasks], builder, runner, database)
     return log_dir
 
 

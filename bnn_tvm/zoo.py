@@ -72,9 +72,14 @@ def recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _recipe_hash(case, builder) -> str:
+    """The cache key of ``case`` made by ``builder``: another builder makes another model of the same case."""
+    return recipe_hash(case.recipe() if builder is None else {**case.recipe(), "builder": builder.__qualname__})
+
+
 def cached_tflite(case, builder=None) -> Path:
     """The .tflite of ``case``, converted by LCE once and cached under CACHE_DIR."""
-    path = CACHE_DIR / f"{case.name}-{recipe_hash(case.recipe())}.tflite"
+    path = CACHE_DIR / f"{case.name}-{_recipe_hash(case, builder)}.tflite"
     if not path.exists():
         model = (builder or keras_model)(case)
         _write_atomically(path, convert(model, int8=getattr(case, "output", "") == "int8"))
@@ -212,7 +217,7 @@ def cached_stock_tflite(case, builder=None) -> Path:
 
     Named ``<name>-float-<recipe hash>``.
     """
-    path = CACHE_DIR / f"{case.name}-float-{recipe_hash(case.recipe())}.tflite"
+    path = CACHE_DIR / f"{case.name}-float-{_recipe_hash(case, builder)}.tflite"
     if not path.exists():
         _write_atomically(path, convert_stock((builder or keras_model)(case)))
     return path

@@ -88,6 +88,11 @@ def expect_dtype(op: str, what: str, dtype: str, allowed: tuple[str, ...]) -> No
         raise BnnOpError(op, what, f"dtype {dtype} is not supported; expected one of {allowed}")
 
 
+# The widest (dilated) window a sliding-window op may have: far beyond any real model, and small enough that
+# padded extents and their indices stay well inside TVM's 32-bit index arithmetic.
+MAX_WINDOW = 1 << 16
+
+
 def same_padding(in_size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
     """TF/TFLite SAME padding: (output size, pad before, pad after)."""
     effective = (kernel - 1) * dilation + 1
@@ -100,6 +105,11 @@ def window_output(
     op: str, in_size: int, kernel: int, stride: int, dilation: int, padding: str, axis: str
 ) -> tuple[int, int, int]:
     """Output size and (before, after) padding of a sliding window along one axis."""
+    effective = (kernel - 1) * dilation + 1
+    if effective > MAX_WINDOW:
+        raise BnnOpError(op, "dilations" if dilation > 1 else "kernel",
+                         f"a window {effective} pixels across ({kernel} taps, dilation {dilation}) along the {axis} "
+                         f"is beyond the {MAX_WINDOW} bnn-tvm supports (the input {axis} is {in_size})")
     if padding == "SAME":
         return same_padding(in_size, kernel, stride, dilation)
     effective = (kernel - 1) * dilation + 1

@@ -208,8 +208,11 @@ def legalize_folded_constants(bb: relax.BlockBuilder, call: relax.Call, attrs: d
 # ---------------------------------------------------------------- TE: output stages
 
 
-def packed_output_compute(accum: te.Tensor, thresholds: te.Tensor, channels_out: int, name: str) -> te.Tensor:
-    """Bit ``accum[..., o] > thresholds[o]`` packed along the last axis (``accum``'s may be padded beyond Cout)."""
+def packed_output_compute(accum: te.Tensor, thresholds: te.Tensor, channels_out: int, name: str,
+                          leading=None) -> te.Tensor:
+    """Bit ``accum[..., o] > thresholds[o]`` packed along the last axis (``accum``'s may be padded beyond Cout).
+
+    ``leading``: the output's leading axes, where ``accum``'s are padded too (default: ``accum``'s)."""
     bit = te.reduce_axis((0, BITS_PER_WORD), name="bit")
     bitwise_or = te.comm_reducer(lambda a, b: a | b, lambda t: tirx.const(0, t), name="bitwise_or")
 
@@ -220,14 +223,16 @@ def packed_output_compute(accum: te.Tensor, thresholds: te.Tensor, channels_out:
         value = tirx.shift_left(tirx.const(1, PACKED_DTYPE), bit.var.astype(PACKED_DTYPE))
         return bitwise_or(tirx.Select(is_set, value, tirx.const(0, PACKED_DTYPE)), axis=bit)
 
-    shape = [int(d) for d in accum.shape[:-1]] + [packed_words(channels_out)]
+    shape = [int(d) for d in (leading or accum.shape[:-1])] + [packed_words(channels_out)]
     return te.compute(shape, word, name=name)
 
 
 def scaled_output_compute(accum: te.Tensor, multiplier: te.Tensor, bias: te.Tensor, *, depth: int, activation: str,
-                          out_dtype: str, formula: str, channels_out: int, name: str, correction=None) -> te.Tensor:
+                          out_dtype: str, formula: str, channels_out: int, name: str, correction=None,
+                          leading=None) -> te.Tensor:
     """The float32 or int8 output of ``accum`` with the folded ``multiplier`` and ``bias``.
 
+    ``leading``: the output's leading axes, where ``accum``'s are padded too (default: ``accum``'s).
     ``correction(index)`` (bconv2d's zero padding): with ``"lce"`` a float added before rounding, with ``"dot"``
     an integer subtracted from ``dot``.
     """
@@ -247,7 +252,7 @@ def scaled_output_compute(accum: te.Tensor, multiplier: te.Tensor, bias: te.Tens
         rounded = tirx.Select(y >= 0, tirx.floor(y + 0.5), tirx.ceil(y - 0.5))
         return tirx.max(tirx.min(rounded, 127.0), -128.0).astype("int8")
 
-    shape = [int(d) for d in accum.shape[:-1]] + [channels_out]
+    shape = [int(d) for d in (leading or accum.shape[:-1])] + [channels_out]
     return te.compute(shape, transform, name=name)
 
 

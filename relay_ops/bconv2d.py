@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
+from tvm.target.codegen import target_has_features as has_features
 
 from ._common import (
     BITS_PER_WORD,
@@ -219,8 +220,10 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
 def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
     """The filter OHWI in blocks of 32 output channels, zero beyond Cout.
 
-    ``words``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
+    ``words`` and ``channel_halfwords``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
     ``halfwords``: [block, kh, kw, channel, word]: words contiguous and padded to whole 128-bit chunks.
+    ``pixel_halfwords``: [block, kh, kw, channel, 4]: a tap's 1 or 2 words repeated to fill the chunk, once
+    per pixel that shares it.
     """
     channels_out, kernel_h, kernel_w, words = (int(d) for d in w.shape)
     blocks = (channels_out + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
@@ -231,11 +234,13 @@ def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tens
         inside = tirx.all(o < channels_out, c < words)
         return tirx.if_then_else(inside, w[tirx.min(o, channels_out - 1), p, q, tirx.min(c, words - 1)], zero)
 
-    if accumulation == "words":
+    if accumulation in ("words", "channel_halfwords"):
         return te.compute((blocks, kernel_h, kernel_w, words, CHANNEL_BLOCK), weight, name="bconv2d_filter_blocked")
     padded = _round_up(words, WORDS_PER_CHUNK)
+    repeated = accumulation == "pixel_halfwords"
     return te.compute((blocks, kernel_h, kernel_w, CHANNEL_BLOCK, padded),
-                      lambda b, p, q, lane, c: weight(b, p, q, c, lane), name="bconv2d_filter_blocked")
+                      lambda b, p, q, lane, c: weight(b, p, q, c % words if repeated else c, lane),
+                      name="bconv2d_filter_blocked")
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -243,13 +248,29 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def accumulation_for(target, g: Conv2dGeometry) -> str:
-    """``halfwords`` (NEON popcount into u16 lanes) on ARM when the lanes cannot overflow, else ``words``."""
-    if target is None or "arm_cpu" not in list(target.keys):
+    """How ``target`` accumulates the popcounts of ``g``, when its u16 lanes cannot overflow.
+
+    On ARM (NEON popcount into u16 lanes of 128-bit chunks): ``pixel_halfwords`` where a tap has 1 or 2 words
+    and consecutive output pixels read consecutive input pixels (one group, unit stride and dilation along the
+    width), so that 4 or 2 pixels share each chunk instead of padding it; else ``halfwords``, a pixel's words
+    padded to whole chunks. On x86 with AVX2 but without a vector popcount instruction, for one group (the
+    channels of a register share the input word): ``channel_halfwords``, the byte counts of each output channel's
+    word added pairwise into its two u16 lanes (VPSHUFB + VPMADDUBSW), summed once after the reduction instead
+    of widened to int32 every word. Else ``words`` (int32 per word).
+    """
+    if target is None or target.kind.name != "llvm":
+        return "words"
+    # Each chunk (or word) adds at most 16 to a lane; deeper, the lanes would need widening mid-reduction.
+    if "arm_cpu" not in list(target.keys):
+        fits = g.kernel_h * g.kernel_w * g.filter_words * 16 <= UINT16_MAX
+        if fits and g.groups == 1 and has_features("avx2", target) and not has_features("avx512vpopcntdq", target):
+            return "channel_halfwords"
         return "words"
     chunks = _round_up(g.filter_words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
-    # Each chunk adds at most 16 to a lane; beyond this depth the lanes would need widening mid-reduction.
-    fits = g.kernel_h * g.kernel_w * chunks * 16 <= UINT16_MAX
-    return "halfwords" if fits else "words"
+    if g.kernel_h * g.kernel_w * chunks * 16 > UINT16_MAX:
+        return "words"
+    shares_chunks = g.filter_words in (1, 2) and g.groups == 1 and g.stride_w == 1 and g.dilation_w == 1
+    return "pixel_halfwords" if shares_chunks else "halfwords"
 
 
 def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: dict, in_h: int, in_w: int):
@@ -293,16 +314,24 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
     then the output transform of the module docstring. ``params`` are the
     thresholds (packed output) or the folded multiplier, bias and, for zero
     padding, the correction table. ``accumulation`` says how the popcounts are
-    summed: per word into int32 (``words``), or per 16-bit lane of 128-bit
-    chunks into uint16 lanes summed afterwards (``halfwords``, NEON's uadalp).
+    summed: per word into int32 (``words``), per halfword of each channel's
+    word into two uint16 lanes summed afterwards (``channel_halfwords``), or
+    per 16-bit lane of 128-bit chunks into uint16 lanes summed afterwards
+    (``halfwords``, NEON's uadalp), the chunks possibly shared by consecutive
+    pixels (``pixel_halfwords``).
     """
     g = Conv2dGeometry([int(d) for d in x.shape], list(filter_shape), attrs)
     if accumulation == "words":
         accum = _accumulate_words(_padded_input(x, g, g.filter_words), w_blocked, g)
+    elif accumulation == "channel_halfwords":
+        accum = _accumulate_channel_halfwords(_padded_input(x, g, g.filter_words), w_blocked, g)
+    elif accumulation == "pixel_halfwords":
+        accum = _accumulate_pixel_halfwords(x, w_blocked, g)
     else:
         accum = _accumulate_halfwords(x, w_blocked, g)
+    leading = [g.batch, g.out_h, g.out_w]  # pixel_halfwords' accum has whole chunks of pixels
     if attrs["out_dtype"] == PACKED_DTYPE:
-        return packed_output_compute(accum, params[0], g.channels_out, name="bconv2d_output")
+        return packed_output_compute(accum, params[0], g.channels_out, name="bconv2d_output", leading=leading)
     multiplier, bias, *padding_correction = params
 
     def correction(index):  # the table is [out_h, out_w, Cout]
@@ -310,7 +339,7 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
 
     return scaled_output_compute(accum, multiplier, bias, depth=g.depth, activation=attrs["activation"],
                                  out_dtype=attrs["out_dtype"], formula=attrs["output_formula"], channels_out=g.channels_out, name="bconv2d_output",
-                                 correction=correction if padding_correction else None)
+                                 correction=correction if padding_correction else None, leading=leading)
 
 
 def _padded_input(x, g: Conv2dGeometry, words_per_group: int):
@@ -353,6 +382,38 @@ def _accumulate_words(xpad, w_blocked, g: Conv2dGeometry):
                       attrs={"schedule_rule": RULE})
 
 
+def _accumulate_channel_halfwords(xpad, w_blocked, g: Conv2dGeometry):
+    """``words`` with each channel's popcount kept in two u16 lanes, its word's halves, summed at the end."""
+    blocks = int(w_blocked.shape[0])
+    p = te.reduce_axis((0, g.kernel_h), name="p")
+    q = te.reduce_axis((0, g.kernel_w), name="q")
+    c = te.reduce_axis((0, g.filter_words), name="c")
+
+    def lane_count(n, i, j, o, half):
+        word = _group_offset(o, g, g.filter_words) + c
+        xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w, word]
+        wv = w_blocked[o // CHANNEL_BLOCK, p, q, c, o % CHANNEL_BLOCK]
+        return te.sum(_halfword_popcount(xv, wv, half), axis=[p, q, c])
+
+    return _sum_lanes(te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK, 2), lane_count,
+                                 name="bconv2d_lanes", attrs={"schedule_rule": RULE}))
+
+
+def _sum_lanes(lanes: te.Tensor) -> te.Tensor:
+    """The int32 sum of the u16 lanes (the last axis) of each output pixel and channel."""
+    lane = te.reduce_axis((0, int(lanes.shape[-1])), name="lane")
+    return te.compute(lanes.shape[:4], lambda n, i, j, o: te.sum(lanes[n, i, j, o, lane].astype("int32"), axis=lane),
+                      name="bconv2d_accum")
+
+
+def _halfword_popcount(xv, wv, lane):
+    """The set bits of halfword ``lane % 2`` of ``xv ^ wv``, as uint16: one u16 lane of NEON's cnt + uadalp."""
+    # In int64 because relax makes every index int64 and the lane index takes part in the shift.
+    bits = tirx.bitwise_xor(xv, wv).astype("int64")
+    half = tirx.bitwise_and(tirx.shift_right(bits, lane % 2 * 16), tirx.const(UINT16_MAX, "int64"))
+    return tirx.popcount(half).astype("uint16")
+
+
 def _accumulate_halfwords(x, w_blocked, g: Conv2dGeometry):
     blocks, padded_words = int(w_blocked.shape[0]), int(w_blocked.shape[4])
     xpad = _padded_input(x, g, padded_words)
@@ -365,16 +426,58 @@ def _accumulate_halfwords(x, w_blocked, g: Conv2dGeometry):
         xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w,
                   _group_offset(o, g, padded_words) + word]
         wv = w_blocked[o // CHANNEL_BLOCK, p, q, o % CHANNEL_BLOCK, word]
-        # In int64 because relax makes every index int64 and the lane index takes part in the shift.
-        bits = tirx.bitwise_xor(xv, wv).astype("int64")
-        half = tirx.bitwise_and(tirx.shift_right(bits, lane % 2 * 16), tirx.const(UINT16_MAX, "int64"))
-        return te.sum(tirx.popcount(half).astype("uint16"), axis=[p, q, k])
+        return te.sum(_halfword_popcount(xv, wv, lane), axis=[p, q, k])
 
-    lanes = te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count,
+    return _sum_lanes(te.compute((g.batch, g.out_h, g.out_w, blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count,
+                                 name="bconv2d_lanes", attrs={"schedule_rule": RULE}))
+
+
+def _accumulate_pixel_halfwords(x, w_blocked, g: Conv2dGeometry):
+    """``halfwords`` with ``4 / words`` consecutive output pixels per 128-bit chunk (see ``accumulation_for``).
+
+    With unit stride and dilation along the width, tap ``q`` of pixels ``j .. j + P - 1`` reads input columns
+    ``j + q .. j + q + P - 1``: in the input flattened over (column, word), one contiguous chunk. The filter
+    chunk repeats the tap's words P times, so lane ``l`` of the chunk counts pixel ``j + l // (8 / P)``.
+    """
+    pixels = WORDS_PER_CHUNK // g.filter_words
+    chunks = (g.out_w + pixels - 1) // pixels
+    blocks = int(w_blocked.shape[0])
+    # Columns read: those of the last chunk's pixels, even beyond out_w (their lanes are never summed).
+    xrows = _padded_rows(x, g, chunks * pixels + g.kernel_w - 1)
+    p = te.reduce_axis((0, g.kernel_h), name="p")
+    q = te.reduce_axis((0, g.kernel_w), name="q")
+    k = te.reduce_axis((0, 1), name="k")  # one chunk per tap: the loop nest of ``halfwords``, so one schedule
+
+    def lane_count(n, i, chunk, o, lane):
+        word = k * WORDS_PER_CHUNK + lane // 2
+        xv = xrows[n, i * g.stride_h + p * g.dilation_h, (chunk * pixels + q) * g.filter_words + word]
+        wv = w_blocked[o // CHANNEL_BLOCK, p, q, o % CHANNEL_BLOCK, word]
+        return te.sum(_halfword_popcount(xv, wv, lane), axis=[p, q, k])
+
+    lanes = te.compute((g.batch, g.out_h, chunks, blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count,
                        name="bconv2d_lanes", attrs={"schedule_rule": RULE})
-    lane = te.reduce_axis((0, HALFWORD_LANES), name="lane")
-    return te.compute(lanes.shape[:4], lambda n, i, j, o: te.sum(lanes[n, i, j, o, lane].astype("int32"), axis=lane),
-                      name="bconv2d_accum")
+    per_pixel = HALFWORD_LANES // pixels
+    lane = te.reduce_axis((0, per_pixel), name="lane")
+    # Whole chunks of pixels, so that the schedule computes the sums chunk by chunk; the output reads out_w.
+    return te.compute(
+        (g.batch, g.out_h, chunks * pixels, blocks * CHANNEL_BLOCK),
+        lambda n, i, j, o: te.sum(lanes[n, i, j // pixels, o, j % pixels * per_pixel + lane].astype("int32"),
+                                  axis=lane),
+        name="bconv2d_accum")
+
+
+def _padded_rows(x, g: Conv2dGeometry, width: int):
+    """The input padded spatially with zero words (+1) to ``width`` columns, each row flattened over
+    (column, word): [N, padded height, width * words]."""
+    words = g.filter_words
+
+    def padded(n, h, flat):
+        ih, iw = h - g.pad_top, flat // words - g.pad_left
+        inside = tirx.all(ih >= 0, ih < g.in_h, iw >= 0, iw < g.in_w)
+        source = x[n, tirx.max(tirx.min(ih, g.in_h - 1), 0), tirx.max(tirx.min(iw, g.in_w - 1), 0), flat % words]
+        return tirx.if_then_else(inside, source, tirx.const(0, PACKED_DTYPE))
+
+    return te.compute((g.batch, g.in_h + g.pad_top + g.pad_bottom, width * words), padded, name="bconv2d_pad")
 
 
 def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -1,7 +1,7 @@
 """aarch64 builds run on the emulated board (qemu-user, stock TVM RPC server) through a real tracker.
 
 Few and short: a handful of bconv variants that exercise the NEON kernel's paths
-(odd channels, packed hand-off, zero padding, max-pool, int8) and QuickNetSmall, from LCE and from Keras.
+(chunks shared by pixels or padded, odd channels, packed hand-off, zero padding, max-pool, int8) and QuickNetSmall, from LCE and from Keras.
 qemu's timings are not reported: they rank nothing here.
 """
 
@@ -17,8 +17,11 @@ from .test_keras_zoo import RTOL as KERAS_RTOL
 from .test_lce import CASES, input_for
 from .test_zoo import RTOL
 
+# channels32 and channels64 share 128-bit chunks among 4 and 2 pixels (pixel_halfwords), with a remainder
+# (7 columns); channels97 and stride2 pad each pixel's words to whole chunks (halfwords).
 BOARD_CASES = [case for case in CASES if case.name in {
-    "channels33", "channels97", "stride2", "zero-padding", "packed-handoff", "bmaxpool", "int8", "relu6"}]
+    "channels32", "channels33", "channels64", "channels97", "stride2", "zero-padding", "packed-handoff", "bmaxpool",
+    "int8", "relu6"}]
 
 
 def on_board(model_path, board, tmp_path, name):

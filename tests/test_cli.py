@@ -23,9 +23,10 @@ def test_compile_then_run_matches_lce(tmp_path):
     x = zoo.random_input((1, CASE.size, CASE.size, CASE.channels_in))
     np.save(tmp_path / "x.npy", x)
     done = bnn_tvm("run", str(so), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
-                   "--repeat", "3")
+                   "--repeat", "3", "--threads", "1")
     assert done.returncode == 0, done.stderr
-    assert "median latency" in done.stdout and "shape [1, 4, 4, 16]" in done.stdout
+    assert "median latency" in done.stdout and "runs, 1 thread\n" in done.stdout
+    assert "shape [1, 4, 4, 16]" in done.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), zoo.lce_interpreter(model).predict(x))
     done = bnn_tvm("run", str(so))  # random input of the recorded shape
     assert done.returncode == 0 and "random input [1, 7, 7, 64] float32" in done.stdout, done.stdout + done.stderr
@@ -41,6 +42,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     model = zoo.cached_tflite(CASE)
     done = bnn_tvm("compile", str(model), "--target", "pdp11", "-o", str(tmp_path / "m.so"))
     assert done.returncode != 0 and "unknown target 'pdp11'" in done.stderr and "host" in done.stderr
+    done = bnn_tvm("run", str(tmp_path / "m.so"), "--threads", "0")
+    assert done.returncode == 2 and "--threads must be at least 1, got 0" in done.stderr
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"not a model")
     done = bnn_tvm("compile", str(garbage), "-o", str(tmp_path / "m.so"))

@@ -10,6 +10,7 @@ from tvm import relax
 import bnn_tvm
 from bnn_tvm import relay_ops as ops
 from bnn_tvm.build import _pipeline
+from bnn_tvm.bundle import ELF_MACHINES, elf_machine
 
 from .helpers import single_op_module
 
@@ -44,6 +45,44 @@ def test_x86_avx512_bconv_uses_vpopcnt():
     assert re.search(r"\tvpopcnt[dq]\t%zmm", body), "no AVX-512 VPOPCNTDQ in the bconv kernel"
 
 
+@pytest.mark.parametrize("target", ["x86-avx2", "host"])
+def test_x86_without_vector_popcount_accumulates_byte_counts_in_u16_lanes(target):
+    """AVX2: nibble-lookup byte counts added pairwise into u16 lanes (VPMADDUBSW), never widened per word
+    (VPSADBW, which LLVM's int32 popcount needs); a host with VPOPCNTDQ keeps VPOPCNTD."""
+    body = assembly(target, bconv_module())
+    if re.search(r"\tvpopcnt[dq]\t", body):
+        assert target == "host", "the AVX2 preset used an AVX-512 popcount"
+        return
+    assert len(re.findall(r"\tvpmaddubsw\t%ymm", body)) >= 8 and len(re.findall(r"\tvpshufb\t%ymm", body)) >= 16
+    assert "vpsadbw" not in body
+
+
 def test_armv7_builds():
     body = assembly("rpi3", bconv_module())
     assert "vcnt.8" in body and "vpadal.u8" in body
+
+
+@pytest.mark.parametrize("target", ["rpi4", "x86-avx512"])
+def test_classifier_matmul_is_vectorized(target):
+    """The float dense layer does vector FMAs over a tile of output columns (scalar: one fmadd per MAC)."""
+    x = np.zeros((1, 1, 1, 1024), np.float32)  # as TFLite's FULLY_CONNECTED reaches Relax
+    w = np.zeros((1024, 1000), np.float32)
+    body = assembly(target, single_op_module(lambda v: relax.op.matmul(v, relax.const(w)), x))
+    vector_fma = r"\tfmla\tv\d+\.4s" if target == "rpi4" else r"\tvfmadd\d+ps\t[^\n]*%[yz]mm"
+    assert re.search(vector_fma, body), "no vector FMA in the matmul"
+
+
+EF_ARM_ABI_FLOAT_HARD = 0x400  # 32-bit ARM's e_flags: floats passed in VFP registers (gnueabihf)
+
+
+@pytest.mark.parametrize("target", [name for name in bnn_tvm.targets.presets() if name != "android-arm64"])
+def test_every_preset_links_a_library(target, tmp_path):
+    """Each preset's .so links with its compiler (android-arm64 needs an NDK's clang: test_bundle) for its
+    architecture; 32-bit ARM with the hard-float ABI its gnueabihf libraries use."""
+    so = bnn_tvm.compile(bconv_module(channels_in=64, channels_out=32, size=4), target).export_library(
+        tmp_path / f"{target}.so")
+    triple = str(bnn_tvm.targets.resolve(target)[0].attrs.get("mtriple", ""))
+    expected = "aarch64" if triple.startswith("aarch64") else "32-bit ARM" if triple.startswith("arm") else "x86-64"
+    assert ELF_MACHINES.get(elf_machine(so)) == expected, target
+    if expected == "32-bit ARM":
+        assert int.from_bytes(so.read_bytes()[36:40], "little") & EF_ARM_ABI_FLOAT_HARD

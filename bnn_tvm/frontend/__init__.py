@@ -3,11 +3,11 @@
 from .tflite import UnsupportedModelError, from_tflite
 
 
-def from_keras(model, batch_size: int = 1):
+def from_keras(model, input_shapes=None, trust_model_code: bool = False):
     """Import a Keras/Larq model; see :func:`bnn_tvm.frontend.keras.from_keras` (imports TensorFlow)."""
     from .keras import from_keras as _from_keras
 
-    return _from_keras(model, batch_size)
+    return _from_keras(model, input_shapes, trust_model_code)
 
 
 __all__ = ["UnsupportedModelError", "from_keras", "from_tflite"]

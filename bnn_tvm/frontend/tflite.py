@@ -12,8 +12,9 @@ binary layers arrive as float ops, which ``bnn_tvm.transform``'s
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
+import traceback
 
 import numpy as np
 import tvm
@@ -22,6 +23,8 @@ from tvm.relax.frontend.tflite import tflite_frontend
 
 from .. import relay_ops as ops
 from ..relay_ops import PACKED_DTYPE
+from .model_file import ModelFileError, checked_model_file
+from .tflite_check import TYPE_NAMES, UnsupportedModelError, check_tflite
 
 # tflite.TensorType values this importer reads.
 _TFLITE_DTYPES = {0: "float32", 2: "int32", 9: "int8"}
@@ -29,15 +32,19 @@ _TFLITE_DTYPES = {0: "float32", 2: "int32", 9: "int8"}
 _PADDING = {0: "SAME", 1: "VALID"}
 _ACTIVATION = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
 
+# The custom options LCE's converter writes for each op (all of them, always): name -> allowed values,
+# as a range of integers or an enum. Checked as LCE's kernels check them, never coerced.
+_POSITIVE = range(1, 2**31)
 _BCONV_OPTIONS = {
-    "channels_in", "dilation_height_factor", "dilation_width_factor", "fused_activation_function",
-    "pad_values", "padding", "stride_height", "stride_width",
+    "channels_in": _POSITIVE, "dilation_height_factor": _POSITIVE, "dilation_width_factor": _POSITIVE,
+    "fused_activation_function": _ACTIVATION, "pad_values": {0: "0", 1: "1"}, "padding": _PADDING,
+    "stride_height": _POSITIVE, "stride_width": _POSITIVE,
 }
-_BMAXPOOL_OPTIONS = {"filter_height", "filter_width", "padding", "stride_height", "stride_width"}
-
-
-class UnsupportedModelError(ValueError):
-    """The model uses an op or option bnn-tvm cannot compile; the message says which and where."""
+_BMAXPOOL_OPTIONS = {"filter_height": _POSITIVE, "filter_width": _POSITIVE, "padding": _PADDING,
+                     "stride_height": _POSITIVE, "stride_width": _POSITIVE}
+# Element types a converted Relax expression is compared with: those TFLite and Relax name alike.
+_COMPARABLE_DTYPES = {"float16", "float32", "float64", "bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                      "uint32", "uint64"}
 
 
 class LceOperatorConverter(tflite_frontend.OperatorConverter):
@@ -67,6 +74,9 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
         for index in range(self.subgraph.OperatorsLength()):
             op = self.subgraph.Operators(index)
             code = self.get_op_code_str(op)
+            self._current_index = index
+            with self._operator_errors(index):  # TVM's check below reads every operator's tensors
+                self.get_input_tensors(op), self.get_output_tensors(op)
             if code == "CUSTOM":
                 custom = self._custom_code(op)
                 if custom not in self.custom_converters:
@@ -80,15 +90,47 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
                     f"support; supported: the LCE ops ({', '.join(sorted(self.custom_converters))}) and "
                     f"TVM's builtins ({', '.join(sorted(k for k in self.convert_map if k != 'CUSTOM'))})"
                 )
+        self._check_operator_codes()
         super().check_unsupported_ops()
+
+    def _check_operator_codes(self):
+        """TFLite resolves every operator code when it loads a file, used or not (LCE's converter leaves unused
+        ones), and refuses the file when one names an op it lacks: so does bnn-tvm, for ops it cannot convert."""
+        from tflite.BuiltinOperator import BuiltinOperator
+
+        names = {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int)}
+        for i in range(self.model.OperatorCodesLength()):
+            code = self.model.OperatorCodes(i)
+            builtin = max(code.DeprecatedBuiltinCode(), code.BuiltinCode())
+            if builtin == BuiltinOperator.CUSTOM:
+                name, supported = repr(code.CustomCode().decode()), code.CustomCode().decode() in self.custom_converters
+            else:
+                name, supported = names.get(builtin, str(builtin)), names.get(builtin) in self.convert_map
+            if not supported:
+                raise UnsupportedModelError(f"operator code {i} is {name}, which bnn-tvm cannot convert (no operator "
+                                            f"uses it, but TFLite would need it to load the file)")
 
     def convert_op_to_relax(self):
         for index in range(self.subgraph.OperatorsLength()):
             self._current_index = index
-            try:
+            with self._operator_errors(index):
                 self._convert_one(index)
-            except ops.BnnOpError as err:
-                raise UnsupportedModelError(f"operator {index} ({self._describe(index)}): {err}") from err
+
+    @contextlib.contextmanager
+    def _operator_errors(self, index):
+        """Give any error raised while converting operator ``index`` its index and op name.
+
+        Errors of the relax.bnn ops' shape inference cross TVM's C++ BlockBuilder and come back as
+        RuntimeError (their BnnOpError type is lost); TVM's frontend also fails with bare AssertionErrors.
+        """
+        try:
+            yield
+        except UnsupportedModelError:
+            raise
+        except (tvm.error.OpNotImplemented, NotImplementedError) as err:
+            raise UnsupportedModelError(f"operator {index} ({self._describe(index)}): {err}") from err
+        except Exception as err:  # noqa: BLE001 - whatever TVM raises, the user needs to know where
+            raise UnsupportedModelError(f"operator {index} ({self._describe(index)}): {_explain(err)}") from err
 
     def _convert_one(self, index):
         op = self.subgraph.Operators(index)
@@ -98,6 +140,7 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             return
         ret = self.bb.normalize(ret)
         outputs = self.get_output_tensors(op)
+        self._check_output_dtypes(ret, outputs, index)
         if len(outputs) == 1:
             ret = self._with_declared_shape(ret, outputs[0], index)
             self.exp_tab.set_expr(tflite_frontend.get_tensor_name(self.subgraph, outputs[0].tensor_idx), ret)
@@ -105,11 +148,30 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             for i, tensor in enumerate(outputs):
                 self.exp_tab.set_expr(tflite_frontend.get_tensor_name(self.subgraph, tensor.tensor_idx), ret[i])
 
+    def _check_output_dtypes(self, ret, outputs, index):
+        """Refuse an output whose declared type the converted op does not compute (a model saying float16
+        or int8 where the op computes float32): TFLite's kernels never convert implicitly, its interpreter
+        refuses such a model, and casting would invent semantics the file does not have."""
+        ty = ret.ty
+        types = list(ty.fields) if isinstance(ty, tvm.relax.TupleType) else [ty]
+        for i, (tensor, actual) in enumerate(zip(outputs, types)):
+            declared = TYPE_NAMES.get(tensor.tensor.Type())
+            if (declared in _COMPARABLE_DTYPES and isinstance(actual, tvm.relax.TensorType)
+                    and str(actual.dtype) in _COMPARABLE_DTYPES and str(actual.dtype) != declared):
+                name = tensor.tensor.Name()
+                raise UnsupportedModelError(
+                    f"operator {index} ({self._describe(index)}): output {i} is tensor {tensor.tensor_idx}"
+                    f"{f' ({name.decode()!r})' if name else ''}, declared {declared}, but the operator computes "
+                    f"{actual.dtype}; TFLite does not convert types between operators, so the model is "
+                    "inconsistent (bnn-tvm refuses it rather than cast)")
+
     def _with_declared_shape(self, expr, tensor, index):
         """Hold TVM's converters to the output shape the .tflite declares.
 
         (TVM 0.27's FULLY_CONNECTED keeps a 4-D input's leading axes, [1, 1, 1, N] where TFLite says
-        [1, N].) Same element count: reshape; otherwise fail rather than compute something else.
+        [1, N].) The same shape but for axes of size 1: reshape; otherwise fail rather than compute something
+        else (TFLite computes its own output shapes, so a reshape to another declared shape would change the
+        model).
         """
         declared = [int(d) for d in tensor.tensor.ShapeAsNumpy()] if tensor.tensor.ShapeLength() else None
         ty = expr.ty
@@ -125,7 +187,7 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
         if signature is not None and len(signature) == len(actual) and all(
                 s < 0 or a == d for s, a, d in zip(signature, actual, declared, strict=True)):
             return expr
-        if int(np.prod(actual)) != int(np.prod(declared)):
+        if [d for d in actual if d != 1] != [d for d in declared if d != 1]:
             raise UnsupportedModelError(
                 f"operator {index} ({self._describe(index)}): converted to shape {actual}, "
                 f"but the model declares {declared}"
@@ -134,8 +196,11 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
 
     def _describe(self, index) -> str:
         op = self.subgraph.Operators(index)
-        code = self.get_op_code_str(op)
-        return self._custom_code(op) if code == "CUSTOM" else code
+        try:
+            code = self.get_op_code_str(op)
+            return self._custom_code(op) if code == "CUSTOM" else code
+        except Exception:  # noqa: BLE001 - used while reporting another error, it must not replace it
+            return f"opcode {op.OpcodeIndex()}"
 
     def _custom_code(self, op) -> str:
         return self.model.OperatorCodes(op.OpcodeIndex()).CustomCode().decode()
@@ -148,13 +213,30 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
     def convert_lce_custom(self, op):
         return self.custom_converters[self._custom_code(op)](op)
 
-    def _options(self, op, op_name: str, known: set[str]) -> dict:
+    def _options(self, op, op_name: str, spec: dict, optional: frozenset = frozenset()) -> dict[str, int]:
+        """The op's flexbuffer custom options, each checked against ``spec`` (its allowed integer values)."""
         raw = op.CustomOptionsAsNumpy()
-        options = flexbuffers.Loads(raw.tobytes()) if isinstance(raw, np.ndarray) and raw.size else {}
-        unknown = set(options) - known
+        data = raw.tobytes() if isinstance(raw, np.ndarray) else b""
+        try:
+            options = _flexbuffer_map(data) if data else {}
+        except Exception as err:  # noqa: BLE001 - the flexbuffers reader raises assorted errors on garbage
+            raise self._fail(op_name, f"custom_options ({len(data)} bytes) are not a valid flexbuffer map: "
+                                      f"{_explain(err)}") from err
+        unknown = sorted(set(options) - set(spec))
         if unknown:
-            raise self._fail(op_name, f"unknown options {sorted(unknown)}; supported: {sorted(known)}")
-        return options
+            raise self._fail(op_name, f"unknown custom options {unknown}; supported: {sorted(spec)}")
+        for key, allowed in spec.items():
+            if key not in options:
+                if key in optional:
+                    continue
+                raise self._fail(op_name, f"custom option {key} is missing")
+            kind, value = options[key]
+            if kind != "int" or value not in allowed:
+                expected = (f"an integer from {allowed.start}" if isinstance(allowed, range) else
+                            " or ".join(f"{k} ({v})" if v != str(k) else str(k) for k, v in allowed.items()))
+                got = f"{value!r}" if kind == "int" else f"the {kind} {value!r}"
+                raise self._fail(op_name, f"custom option {key} is {got}; expected {expected}")
+        return {key: value for key, (_, value) in options.items()}
 
     def _dtype(self, tensor, op_name: str, role: str) -> str:
         code = tensor.tensor.Type()
@@ -169,8 +251,20 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
             raise self._fail(op_name, f"the {role} must be a constant, it is computed at run time")
         return self.get_tensor_value(tensor)
 
+    def _io(self, op, op_name: str, inputs: range):
+        """The op's input and output tensors, after checking their numbers (one output, ``inputs`` inputs)."""
+        ins, outs = self.get_input_tensors(op), self.get_output_tensors(op)
+        if len(ins) not in inputs or len(outs) != 1:
+            expected = f"{inputs.start}" if len(inputs) == 1 else f"{inputs.start} to {inputs.stop - 1}"
+            raise self._fail(op_name, f"{len(ins)} inputs and {len(outs)} outputs; expected {expected} inputs "
+                                      "and 1 output")
+        if any(t.tensor_idx < 0 for t in ins[:1] + outs):
+            raise self._fail(op_name, "the input or output is missing (tensor index -1)")
+        return ins, outs[0]
+
     def convert_lce_quantize(self, op):
-        (x,) = self.get_input_tensors(op)
+        self._options(op, "LceQuantize", {})
+        (x,), _ = self._io(op, "LceQuantize", range(1, 2))
         dtype = self._dtype(x, "LceQuantize", "input")
         zero_point = 0
         if dtype == "int8":
@@ -180,9 +274,11 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
         return ops.quantize(self.get_tensor_expr(x), zero_point=zero_point)
 
     def convert_lce_dequantize(self, op):
-        (x,) = self.get_input_tensors(op)
-        (out,) = self.get_output_tensors(op)
+        self._options(op, "LceDequantize", {})
+        (x,), out = self._io(op, "LceDequantize", range(1, 2))
         out_dtype = self._dtype(out, "LceDequantize", "output")
+        if not out.tensor.ShapeLength():
+            raise self._fail("LceDequantize", "the output has no shape, so its channel count is unknown")
         channels = int(out.tensor.ShapeAsNumpy()[-1])
         if out_dtype == "int8":
             scale, zero_point = self._scale_zero_point(out)
@@ -191,35 +287,26 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
 
     def convert_lce_bconv2d(self, op):
         name = "LceBconv2d"
-        options = self._options(op, name, _BCONV_OPTIONS)
-        inputs = self.get_input_tensors(op)
-        (out,) = self.get_output_tensors(op)
+        options = self._options(op, name, _BCONV_OPTIONS, optional=frozenset({"channels_in"}))
+        inputs, out = self._io(op, name, range(2, 6))
         x, w = inputs[0], inputs[1]
         if self._dtype(x, name, "input") != PACKED_DTYPE:
             raise self._fail(name, "the input must be bitpacked (int32); float input is not supported")
         filt = self._constant(w, name, "filter")
-        channels_in = int(options.get("channels_in", 0))
+        channels_in = options.get("channels_in")
         if filt.dtype == np.float32:  # older converters stored the filter unpacked (OHWI, +-1)
             channels_in = channels_in or filt.shape[-1]
             filt = ops.quantize_ref(filt)
-        padding = _PADDING.get(options.get("padding", 1))
-        activation = _ACTIVATION.get(options.get("fused_activation_function", 0))
-        if padding is None:
-            raise self._fail(name, f"padding {options.get('padding')} is not SAME (0) or VALID (1)")
-        if activation is None:
-            raise self._fail(
-                name,
-                f"fused_activation_function {options.get('fused_activation_function')} is not supported; "
-                "supported: NONE, RELU, RELU_N1_TO_1, RELU6",
-            )
+        elif channels_in is None:
+            raise self._fail(name, "custom option channels_in is missing (a bitpacked filter needs it)")
         out_dtype = self._dtype(out, name, "output")
         common = dict(
             channels_in=channels_in,
-            strides=(options.get("stride_height", 1), options.get("stride_width", 1)),
-            dilations=(options.get("dilation_height_factor", 1), options.get("dilation_width_factor", 1)),
-            padding=padding,
-            pad_value=int(options.get("pad_values", 0)),
-            activation=activation,
+            strides=(options["stride_height"], options["stride_width"]),
+            dilations=(options["dilation_height_factor"], options["dilation_width_factor"]),
+            padding=_PADDING[options["padding"]],
+            pad_value=options["pad_values"],
+            activation=_ACTIVATION[options["fused_activation_function"]],
             out_dtype=out_dtype,
             output_formula="lce",  # LCE's bits
         )
@@ -238,15 +325,12 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
     def convert_lce_bmaxpool2d(self, op):
         name = "LceBMaxPool2d"
         options = self._options(op, name, _BMAXPOOL_OPTIONS)
-        (x,) = self.get_input_tensors(op)
-        padding = _PADDING.get(options.get("padding", 1))
-        if padding is None:
-            raise self._fail(name, f"padding {options.get('padding')} is not SAME (0) or VALID (1)")
+        (x,), _ = self._io(op, name, range(1, 2))
         return ops.bmaxpool2d(
             self.get_tensor_expr(x),
-            pool_size=(options.get("filter_height", 1), options.get("filter_width", 1)),
-            strides=(options.get("stride_height", 1), options.get("stride_width", 1)),
-            padding=padding,
+            pool_size=(options["filter_height"], options["filter_width"]),
+            strides=(options["stride_height"], options["stride_width"]),
+            padding=_PADDING[options["padding"]],
         )
 
     # ------------------------------------------------------------ builtins TVM converts wrongly
@@ -313,20 +397,77 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
 def from_tflite(model: str | os.PathLike | bytes) -> tvm.IRModule:
     """Import an LCE-converted (or stock-converted) .tflite model, from a path or its bytes, into Relax.
 
+    The file is checked first (``tflite_check.check_tflite``: flatbuffer structure, indices, data
+    flow, constant sizes, quantization), so that a malformed file is refused with its first problem
+    named rather than converted into something else.
+
     Raises
     ------
     UnsupportedModelError
-        For an op or option bnn-tvm cannot compile, naming the op and its index in the graph.
+        For a malformed model, or an op or option bnn-tvm cannot compile: the message names the operator
+        (index and op), tensor (index and name) or field, prefixed with the file's path when given one.
+    ModelFileError
+        For a path that is missing, unreadable, not a regular file or too large (a ValueError too).
     """
     import tflite
 
-    data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data, prefix = bytes(model), ""
+    else:
+        path = checked_model_file(model)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ModelFileError(f"{model}: cannot be read: {err.strerror}") from None
+        prefix = f"{model}: "
     try:
-        parsed = tflite.Model.GetRootAsModel(data, 0)
-        parsed.SubgraphsLength()
-    except Exception as err:  # noqa: BLE001 - flatbuffers raises assorted errors on garbage
-        raise UnsupportedModelError(f"not a TFLite flatbuffer: {err}") from err
-    try:
-        return tflite_frontend.from_tflite(parsed, op_converter=LceOperatorConverter)
+        check_tflite(data)
+        return tflite_frontend.from_tflite(tflite.Model.GetRootAsModel(data, 0), op_converter=LceOperatorConverter)
+    except UnsupportedModelError as err:
+        raise UnsupportedModelError(f"{prefix}{err}") from err
     except (tvm.error.OpNotImplemented, NotImplementedError) as err:
-        raise UnsupportedModelError(str(err)) from err
+        raise UnsupportedModelError(f"{prefix}{err}") from err
+    except Exception as err:  # noqa: BLE001 - outside any one operator (graph inputs, outputs): still the model's fault
+        raise UnsupportedModelError(f"{prefix}TVM's TFLite frontend failed: {_explain(err)}") from err
+
+
+def _explain(err: Exception) -> str:
+    """``err`` as one message: its text, or for a bare ``assert`` the check that failed and where."""
+    text = str(err).strip()
+    if text:
+        # ValueError and RuntimeError (what a relax.bnn op's BnnOpError becomes after crossing TVM's C++)
+        # carry their own description; for the others (KeyError: 12) the type is part of the meaning.
+        return text if isinstance(err, (ValueError, RuntimeError)) else f"{type(err).__name__}: {text}"
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" `{frame.line}` ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+    return f"{type(err).__name__}: failed check{where}"
+
+
+def _flexbuffer_map(data: bytes) -> dict[str, tuple[str, object]]:
+    """A flexbuffer map's entries as key -> (kind, value): kind "int" for integers, else the stored kind.
+
+    Read entry by entry, with the entry count bounded first: the reader would otherwise follow any
+    length a corrupt buffer declares.
+    """
+    root = flexbuffers.GetRoot(data)
+    if not root.IsMap:
+        raise ValueError("the root is not a map")
+    entries = root.AsMap
+    keys, values = entries.Keys, entries.Values
+    if len(entries) > 64 or len(keys) != len(entries):
+        raise ValueError(f"the map declares {len(entries)} values and {len(keys)} keys")
+    options, previous = {}, None
+    for i in range(len(entries)):
+        key, value = keys[i].AsKey, values[i]
+        if previous is not None and key <= previous:  # LCE looks keys up by binary search
+            raise ValueError(f"keys {previous!r} and {key!r} are not in sorted order")
+        previous = key
+        if value.IsInt:
+            options[key] = ("int", value.AsInt)
+        elif value.IsFloat:
+            options[key] = ("float", value.AsFloat)
+        elif value.IsBool:
+            options[key] = ("bool", value.AsBool)
+        else:
+            options[key] = ("non-numeric value", None)
+    return options

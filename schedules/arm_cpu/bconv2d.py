@@ -1,10 +1,12 @@
-"""ARM (aarch64 NEON) schedule of binary conv2d, on the ``halfwords`` accumulation.
+"""ARM (aarch64 NEON) schedule of binary conv2d, on the ``halfwords`` and ``pixel_halfwords`` accumulations.
 
 The hot loop is the tensor intrinsic ``popcount_acc_1x8_u32u16_neon`` (eor,
-cnt, uadalp) over 128-bit chunks, on a register tile of ``col_tile`` output
-pixels x 4 output channels x 8 u16 lanes: the input chunk is loaded once per
-pixel and reused across the 4 channels, each filter chunk once per channel and
-reused across the pixels. Rows run in parallel.
+cnt, uadalp) over 128-bit chunks, on a register tile of ``col_tile`` chunks of
+output pixels x 4 output channels x 8 u16 lanes: the input chunk is loaded once
+per chunk and reused across the 4 channels, each filter chunk once per channel
+and reused across the chunks. A chunk holds one pixel (``halfwords``) or, for
+taps of 1 or 2 words, 4 or 2 consecutive pixels (``pixel_halfwords``): the loop
+nest is the same. Rows run in parallel.
 
 Knobs (defaults in brackets): the column tile [4 or 2, whichever divides the
 width] and the channel tile [4]. Alternative design space for tuning: the lane
@@ -22,12 +24,13 @@ from ..generic._util import (
     blocks_by_name,
     chosen,
     declare_alternative,
+    extent,
     inline_epilogues,
     parallel_rows,
     sample_column_tile,
     sample_split,
 )
-from .intrin import popcount_acc_intrin
+from .intrin import lane_sum_intrin, popcount_acc_intrin
 
 COLUMN_TILES = (4, 2)
 CHANNEL_TILE = 4
@@ -69,8 +72,19 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.unroll(w_inner)
     sch.unroll(o_inner)
 
-    # Step 4: lanes summed to int32 and the output transform, on the tile.
-    sch.reverse_compute_at(accum, o_outer)
-    sch.reverse_compute_at(output, o_outer)
+    # Step 4: lanes summed to int32 on the tile (a pixel's 8 or 4 lanes in one uaddlv; 2 by LLVM), and the
+    # output transform, vectorized over the channel tile.
+    # Unit loops kept, and the channel loop vectorized whatever its extent: a trace records how many loops
+    # each block has and what it did to them, and must replay under every decision of the knobs.
+    sch.reverse_compute_at(accum, o_outer, preserve_unit_loops=True)
+    sch.reverse_compute_at(output, o_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
+    lane_sum = lane_sum_intrin(tvm.target.Target.current(), extent(sch, sch.get_loops(accum)[-1]))
+    if lane_sum is not None and not vectorized:  # the alternative leaves every loop to LLVM
+        accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
+        sch.tensorize(sch.get_loops(accum)[-1], lane_sum)
+        sch.unroll(sch.get_loops(accum_init)[-1])
+    packed_output = any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)
+    if not packed_output:
+        sch.vectorize(sch.get_loops(output)[-1])
     return sch

@@ -1,5 +1,6 @@
 """NEON tensor intrinsics: XOR-popcount-accumulate of one 128-bit chunk into 8 halfword lanes, and
-the sum of those lanes (``lane_sum_1x8_u16i32_neon``, one ``uaddlv``).
+the sum of those lanes (``lane_sum_1x8_u16i32_neon``, or of 4 of them, ``lane_sum_1x4_u16i32_neon``:
+one ``uaddlv``).
 
 ``popcount_acc_1x8_u32u16_neon`` computes, for the 4 packed words ``x`` and
 ``w`` of one chunk, ``acc[l] += popcount(halfword l of (x ^ w))`` for the 8
@@ -77,39 +78,43 @@ TensorIntrin.register(POPCOUNT_ACC_NEON, _desc, _impl_with("llvm.aarch64.neon.ua
 TensorIntrin.register(POPCOUNT_ACC_NEON32, _desc, _impl_with("llvm.arm.neon.vpadalu.v8i16.v16i8", True), override=True)
 
 
-LANE_SUM_NEON = "lane_sum_1x8_u16i32_neon"
+def _lane_sum(lanes_count: int):
+    """Description and implementation of the sum of ``lanes_count`` u16 lanes into an int32 (one ``uaddlv``)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        lanes: T.Buffer((T.int64(lanes_count),), "uint16", offset_factor=1, scope="local"),
+        out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(out[0], lanes[0:lanes_count])
+            T.writes(out[0])
+            for lane in T.serial(T.int64(lanes_count)):
+                with T.sblock("update"):
+                    v_lane = T.axis.remap("R", [lane])
+                    out[0] = out[0] + T.Cast("int32", lanes[v_lane])
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        lanes: T.Buffer((T.int64(lanes_count),), "uint16", offset_factor=1, scope="local"),
+        out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(out[0], lanes[0:lanes_count])
+            T.writes(out[0])
+            out[0] = out[0] + T.call_llvm_pure_intrin(
+                "int32", f"llvm.aarch64.neon.uaddlv.i32.v{lanes_count}i16", lanes[T.ramp(T.int64(0), 1, lanes_count)])
+
+    return desc, impl
 
 
-@T.prim_func(s_tir=True)
-def _lane_sum_desc(
-    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0], lanes[0:8])
-        T.writes(out[0])
-        for lane in T.serial(T.int64(8)):
-            with T.sblock("update"):
-                v_lane = T.axis.remap("R", [lane])
-                out[0] = out[0] + T.Cast("int32", lanes[v_lane])
+# The sum of a channel's 8 u16 lanes (or of a pixel's 4, where 2 pixels share a chunk) in one uaddlv: as a
+# loop, LLVM transposes the tile through the stack.
+LANE_SUMS_NEON = {lanes: f"lane_sum_1x{lanes}_u16i32_neon" for lanes in (8, 4)}
+for _lanes, _name in LANE_SUMS_NEON.items():
+    TensorIntrin.register(_name, *_lane_sum(_lanes), override=True)
 
 
-@T.prim_func(s_tir=True)
-def _lane_sum_impl(
-    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(1),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0], lanes[0:8])
-        T.writes(out[0])
-        out[0] = out[0] + T.call_llvm_pure_intrin(
-            "int32", "llvm.aarch64.neon.uaddlv.i32.v8i16", lanes[T.ramp(T.int64(0), 1, 8)])
-
-
-# The sum of a channel's 8 u16 lanes in one uaddlv: as a loop, LLVM transposes the tile through the stack.
-TensorIntrin.register(LANE_SUM_NEON, _lane_sum_desc, _lane_sum_impl, override=True)
-
-
-def lane_sum_intrin(target) -> str | None:
-    """The lane-sum intrinsic for ``target``: aarch64 only (armv7 keeps the loop)."""
-    return LANE_SUM_NEON if "aarch64" in str(target.attrs.get("mtriple", "")) else None
+def lane_sum_intrin(target, lanes: int = 8) -> str | None:
+    """The intrinsic summing ``lanes`` u16 lanes for ``target``: aarch64 only (armv7 keeps the loop), 8 or 4 lanes."""
+    return LANE_SUMS_NEON.get(lanes) if "aarch64" in str(target.attrs.get("mtriple", "")) else None

@@ -7,4 +7,4 @@ __all__ = ["schedule_generic"]
 
 def register_all() -> None:
     # Importing registers the float-layer schedules with the strategy registry.
-    from . import conv2d  # noqa: F401
+    from . import conv2d, dense  # noqa: F401
