@@ -114,10 +114,12 @@ def test_emulated_board_tuning_ranks_by_estimated_cycles(tmp_path, build_and_loa
     cycles = {name: {k.name: k.cycles for k in p.kernels if k.binary_macs} for name, p in
               (("default", default), ("tuned", tuned))}
     assert cycles["tuned"].keys() == cycles["default"].keys() and len(cycles["tuned"]) == 2
-    # The runner estimates a candidate alone and the profile inside the whole model, each kernel by llvm-mca on
-    # the blocks covering 99.5% of its own instructions: the same code gets the same estimate in both.
+    # The runner estimates a candidate alone, the profile inside the whole model; the same code's two estimates
+    # differ (measured on this case's default schedules: 1869 cycles alone vs 1856 in the model, 0.74%; 19339 vs
+    # 19434, 0.49%), so a candidate that ranked below the default alone can land up to twice that gap above it in
+    # the model (the two errors of opposite sign): 1.5%. CI saw +0.024% on the small kernel.
     for kernel, estimate in cycles["tuned"].items():
-        assert estimate <= cycles["default"][kernel] * (1 + 1e-9), (kernel, cycles)
+        assert estimate <= cycles["default"][kernel] * 1.015, (kernel, cycles)
 
 
 # A board dying mid-run: tests/test_farm.py kills one of two boards during a tuning run; the other finishes it
