@@ -242,8 +242,9 @@ def per_kernel(compiled, x: np.ndarray, runs: int = 10) -> list[dict]:
     return sorted(rows, key=lambda row: -row["ms"])
 
 
-def _spawn_worker(engine: str, model: Path, input_path: Path, threads: int, runs: int, warmup: int,
-                  result: Path, output_path: Path | None, kernels: bool) -> dict:
+def spawn_worker(engine: str, model: Path, input_path: Path, threads: int, runs: int, warmup: int,
+                 result: Path, output_path: Path | None, kernels: bool) -> dict:
+    """``worker``'s report, timed in a process of its own (a spinning thread pool shares no time slice)."""
     command = [sys.executable, "-m", "bnn_tvm.bench", "worker", engine, str(model), "--input", str(input_path),
                "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup), "--result", str(result)]
     if output_path is not None:
@@ -372,7 +373,7 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
             for engine in engines:
                 first = round_ == 0
                 output = workers / f"{engine}-{n}.npy" if first else None
-                report = _spawn_worker(engine, subject.models.get(engine, so), input_path, n, runs, warmup,
+                report = spawn_worker(engine, subject.models.get(engine, so), input_path, n, runs, warmup,
                                        workers / f"{engine}-{n}-{round_}.json", output,
                                        kernels=first and engine == "bnn-tvm" and n == threads[0])
                 row = results[engine, n]

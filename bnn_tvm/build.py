@@ -23,11 +23,12 @@ def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def _pipeline(target: tvm.target.Target, tuning_records: str | os.PathLike | None = None, report=None):
+def _pipeline(target: tvm.target.Target, databases=(), report=None):
     """TVM's CPU pipeline with our schedules applied between fusion and lowering.
 
-    Functions with a record in ``tuning_records`` (a MetaSchedule database folder) get its best
-    schedule; the rest get the default schedules. ``report(tuned, total)`` hears how many were tuned.
+    Functions with a record in one of ``databases`` (MetaSchedule database folders, the first that has a
+    record wins) get its best schedule; the rest get the default schedules. ``report(tuned, total, folder)``
+    hears, per folder, how many functions it scheduled.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -35,10 +36,12 @@ def _pipeline(target: tvm.target.Target, tuning_records: str | os.PathLike | Non
     def _run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = legalize(mod, target)
         with target:
-            if tuning_records is not None:
-                from .tuning import apply_tuning_records
+            from .tuning import apply_tuning_records
 
-                mod = apply_tuning_records(mod, target, tuning_records, report)
+            for folder in databases:
+                # A function scheduled by an earlier folder no longer matches its workload: later ones skip it.
+                mod = apply_tuning_records(mod, target, folder,
+                                           report and (lambda tuned, total, f=folder: report(tuned, total, f)))
             passes = (
                 [apply_default_schedules(target)]
                 + cpu.dataflow_lower_passes(target)
@@ -145,16 +148,22 @@ class Artifact:
 
 
 def compile(model, target="host", tuning_records=None, report=None,  # noqa: A001 - as tvm.compile
-            graph_passes: bool = True, input_shapes=None, trust_model_code: bool = False) -> Artifact:
+            graph_passes: bool = True, input_shapes=None, trust_model_code: bool = False,
+            pretuned: bool = True) -> Artifact:
     """Compile a model (see ``load_model``, which also says what ``input_shapes`` and ``trust_model_code`` do:
     the latter runs code the model file carries) for ``target``.
 
     ``tuning_records``: a folder written by ``bnn_tvm.tune``; its best schedules replace the defaults for
-    the functions it has records of, and ``report(tuned, total)`` is told how many that was.
+    the functions it has records of. Then, unless ``pretuned=False``, the database bnn-tvm ships for the
+    target's preset (``bnn_tvm.pretuned``) schedules the functions left. ``report(tuned, total, folder)`` is
+    told, per folder applied, how many functions it scheduled.
     ``graph_passes=False`` skips ``bnn_tvm.transform`` (to compare against what it optimizes).
     """
     mod = _with_input_signature(import_model(model, graph_passes, input_shapes, trust_model_code))
     tvm_target, preset = _targets.resolve(target)
-    pipeline = _pipeline(tvm_target, tuning_records, report)
+    from .pretuned import shipped_database  # imports tuning, which imports this module
+
+    shipped = shipped_database(preset.name) if pretuned and preset is not None else None
+    pipeline = _pipeline(tvm_target, [f for f in (tuning_records, shipped) if f is not None], report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     return Artifact(executable, tvm_target, preset)

@@ -37,12 +37,13 @@ def _compile(args) -> int:
     if args.bundle:
         bundle_target(preset)  # before compiling: a target without a runtime to bundle fails now, saying why
 
-    def report(tuned, total):
-        print(f"{tuned} of {total} kernels use tuned schedules from {args.tuning_records}; "
-              f"the rest use the default schedules")
+    def report(tuned, total, folder):
+        source = (f"tuned schedules from {folder}" if str(folder) == str(args.tuning_records) else
+                  f"the pre-tuned schedules bnn-tvm ships for {args.target} ({folder}; --no-pretuned turns them off)")
+        print(f"{tuned} of {total} kernels use {source}")
 
     artifact = compile_model(Path(args.model), target=args.target, tuning_records=args.tuning_records,
-                             report=report, **_model_options(args))
+                             report=report, pretuned=not args.no_pretuned, **_model_options(args))
     out = artifact.export_library(args.output, cross_compiler=args.cross_compiler,
                                   cross_compiler_options=shlex.split(args.cross_compiler_options or ""))
     print(f"compiled {args.model} for {args.target} ({artifact.target.attrs.get('mcpu', '')}) -> {out}")
@@ -91,13 +92,23 @@ def _rpc_flags_paired(args) -> bool:
 def _tune(args) -> int:
     import shlex
 
-    from .tuning import tune
+    from .tuning import compare_with_default, tune
 
     if not _rpc_flags_paired(args):
         return 2
+    from tqdm import tqdm
+
+    if args.budget is not None and args.budget <= 0:
+        print(f"error: --budget must be a positive number of minutes, got {args.budget}", file=sys.stderr)
+        return 2
     log_dir = tune(Path(args.model), target=args.target, trials=args.trials, log_dir=args.log,
                    rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary,
-                   say=lambda message: print(message, flush=True), **_model_options(args))
+                   say=lambda line: (tqdm.write(line), sys.stdout.flush()), budget_minutes=args.budget,
+                   **_model_options(args))
+    if not args.no_compare:
+        default, tuned, unit = compare_with_default(Path(args.model), args.target, log_dir, args.rpc_tracker,
+                                                    args.rpc_key, **_model_options(args))
+        print(f"whole model: default schedules {default:,.3f}, tuned {tuned:,.3f} {unit}: {default / tuned:.2f}x")
     shapes = f" --input-shapes {shlex.quote(' '.join(args.input_shapes))}" if args.input_shapes else ""
     print(f"tuning records in {log_dir}; use them with `bnn-tvm compile ...{shapes} --tuning-records {log_dir}`")
     return 0
@@ -231,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cmd.add_argument("model", help=MODEL_HELP)
     compile_cmd.add_argument("--target", default="host", help="target preset (default: host)")
     compile_cmd.add_argument("-o", "--output", required=True, help="the .so to write")
-    compile_cmd.add_argument("--tuning-records", help="a folder written by `bnn-tvm tune`: use its best schedules")
+    compile_cmd.add_argument("--tuning-records", help="a folder written by `bnn-tvm tune`: use its best schedules "
+                             "(before the pre-tuned ones)")
+    compile_cmd.add_argument("--no-pretuned", action="store_true",
+                             help="do not apply the pre-tuned schedules bnn-tvm ships for the target (tune_logs/)")
     compile_cmd.add_argument("--bundle", metavar="DIR",
                              help="also write DIR: the .so, TVM's runtime libraries and a prebuilt `bnn-run` for the "
                                   "target, which run it without Python (copy DIR to the device)")
@@ -251,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("model", help=MODEL_HELP)
     tune_cmd.add_argument("--target", default="host", help="target preset (default: host)")
     tune_cmd.add_argument("--trials", type=int, default=64, help="measurements per kernel (default 64)")
+    tune_cmd.add_argument("--budget", type=float, metavar="MINUTES",
+                          help="end the search after this many minutes (the database stays complete and usable)")
+    tune_cmd.add_argument("--no-compare", action="store_true",
+                          help="skip measuring the whole model tuned against the default schedules at the end")
     tune_cmd.add_argument("--log", required=True, help="folder of the tuning database (created; resumed)")
     tune_cmd.add_argument("--rpc-tracker", help="measure on a board registered with this tracker (HOST:PORT)")
     tune_cmd.add_argument("--rpc-key", help="the board's key at the tracker")

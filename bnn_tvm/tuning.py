@@ -22,8 +22,10 @@ import functools
 import json
 import logging
 import os
+import statistics
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -285,24 +287,55 @@ def _search(trials: int) -> ms.search_strategy.EvolutionarySearch:
 
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """Prints, after each batch of measurements: the task, trials done of its budget, best latency so far."""
+    """Shows, after each batch of measurements: the task, its trials done of its budget, its best latency so
+    far, and the run's progress with an estimate of the time left (a bar on a terminal). Past ``deadline``
+    (``time.monotonic()``) it ends every task: the task scheduler stops after the batches in flight."""
 
-    def __init__(self, names: list[str], budget: int, say):
-        self.names, self.budget, self.say = names, budget, say
+    def __init__(self, names: list[str], budget: int, say, deadline: float | None = None):
+        from tqdm import tqdm
+
+        self.names, self.budget, self.say, self.deadline = names, budget, say, deadline
         self.done = [0] * len(names)
         self.best = [float("inf")] * len(names)
+        self.start = time.monotonic()
+        self.out_of_time = False
+        # On a terminal only (disable=None); the per-batch lines go to ``say`` either way.
+        self.bar = tqdm(total=budget * len(names), unit="trial", disable=None, leave=False, dynamic_ncols=True)
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if not runner_results:
+            return  # the search had no new candidate for this task
         for result in runner_results:
             self.done[task_id] += 1
             if result.error_msg is None and result.run_secs:
-                seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-                self.best[task_id] = min(self.best[task_id], seconds)
+                self.best[task_id] = min(self.best[task_id], mean_seconds(result.run_secs))
+        self.bar.update(len(runner_results))
         failed = sum(r.error_msg is not None for r in runner_results)
-        best = self.best[task_id]
+        best, done, total = self.best[task_id], sum(self.done), self.budget * len(self.names)
+        elapsed = time.monotonic() - self.start
         self.say(f"[{self.names[task_id]}] {self.done[task_id]}/{self.budget} trials, best "
                  + (f"{best * 1e6:.1f} us" if best < float("inf") else "none yet")
-                 + (f" ({failed} of this batch failed)" if failed else ""))
+                 + (f" ({failed} of this batch failed)" if failed else "")
+                 + f" | run {done}/{total} trials, {_minutes(elapsed)} elapsed, "
+                 + (f"~{_minutes(elapsed / done * (total - done))} left" if done else "time left unknown"))
+        if self.deadline is not None and time.monotonic() > self.deadline and not self.out_of_time:
+            self.out_of_time = True
+            self.say(f"time budget reached after {_minutes(elapsed)}: ending the run after the batches in flight")
+            for task in range(len(self.names)):
+                if not task_scheduler.tasks_[task].is_terminated:
+                    task_scheduler.terminate_task(task)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def mean_seconds(run_secs) -> float:
+    """A measurement's mean of its repeats (MetaSchedule records one time per repeat)."""
+    return sum(float(s) for s in run_secs) / len(run_secs)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 @derived_object
@@ -343,23 +376,42 @@ class EmulatedCycleRunner(ms.runner.PyRunner):
                           ms.runner.RunnerResult(None, failure)) for c in cycles]
 
 
-def _record_defaults(contexts, binary, builder, runner, database) -> None:
+def _record_defaults(contexts, binary, builder, runner, database) -> dict[int, float]:
     """Measure each binary task's untuned schedule (its space's default decisions) after the search and record
     it: the best record, which compile applies, is then never worse than the untuned build on this measure.
-    (Recorded after the search, which would replay and mutate it: its trace is the unprocessed design space.)"""
-    for context, is_binary in zip(contexts, binary, strict=True):
-        if not is_binary:
-            continue
-        default = context.space_generator.generate_design_space(context.mod)[0]
-        (built,) = builder.build([ms.builder.BuilderInput(default.mod, context.target)])
-        if built.error_msg is not None:
-            continue
-        args_info = ms.arg_info.ArgInfo.from_prim_func(default.mod["main"])
-        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
-        measured = future.result()
-        if measured.error_msg is None:
+    (Recorded after the search, which would replay and mutate it: its trace is the unprocessed design space.)
+    All are built, then measured, in one batch. Returns each measured task's default seconds by index."""
+    tasks = [i for i, is_binary in enumerate(binary) if is_binary]
+    defaults = {i: contexts[i].space_generator.generate_design_space(contexts[i].mod)[0] for i in tasks}
+    built = builder.build([ms.builder.BuilderInput(defaults[i].mod, contexts[i].target) for i in tasks])
+    tasks = [i for i, result in zip(tasks, built, strict=True) if result.error_msg is None]
+    artifacts = [result.artifact_path for result in built if result.error_msg is None]
+    args_info = {i: ms.arg_info.ArgInfo.from_prim_func(defaults[i].mod["main"]) for i in tasks}
+    futures = runner.run([ms.runner.RunnerInput(path, "cpu", args_info[i])
+                          for i, path in zip(tasks, artifacts, strict=True)])
+    measured = {}
+    for i, future in zip(tasks, futures, strict=True):
+        result = future.result()
+        if result.error_msg is None:
+            context = contexts[i]
             database.commit_tuning_record(ms.database.TuningRecord(
-                default.trace, database.commit_workload(context.mod), measured.run_secs, context.target, args_info))
+                defaults[i].trace, database.commit_workload(context.mod), result.run_secs, context.target,
+                args_info[i]))
+            measured[i] = mean_seconds(result.run_secs)
+    return measured
+
+
+def _summary_table(names: list[str], defaults: dict[int, float], best: list[float]) -> list[str]:
+    """A line per kernel: its default and best time and the speedup (float kernels have no measured default)."""
+    width = max(len(name) for name in names)
+    lines = [f"{'kernel':<{width}}  {'default us':>10}  {'best us':>10}  speedup"]
+    for i, name in enumerate(names):
+        tuned = min(best[i], defaults.get(i, float("inf")))
+        default = f"{defaults[i] * 1e6:10.1f}" if i in defaults else f"{'-':>10}"
+        found = f"{tuned * 1e6:10.1f}" if tuned < float("inf") else f"{'none':>10}"
+        gain = f"{defaults[i] / tuned:6.2f}x" if i in defaults and tuned < float("inf") else "      -"
+        lines.append(f"{name:<{width}}  {default}  {found}  {gain}")
+    return lines
 
 
 def build_candidate(mod, target, _params):
@@ -464,6 +516,7 @@ def tune(
     run_timeout: float = RUN_TIMEOUT_SEC,
     input_shapes=None,
     trust_model_code: bool = False,
+    budget_minutes: float | None = None,
 ) -> Path:
     """Tune ``model``'s kernels for ``target``, ``trials`` measurements per task; records go to ``log_dir``.
 
@@ -474,6 +527,9 @@ def tune(
     schedule is measured and recorded too, so tuning never makes a kernel slower on its own measure.
     ``input_shapes`` and ``trust_model_code`` are ``bnn_tvm.compile``'s (pass the same to compile the tuned
     model: the records are for those shapes); ``trust_model_code`` runs code the model file carries.
+    ``budget_minutes`` ends the search at that time (the batches in flight finish and are recorded; the
+    untuned schedules are measured after it): the database is complete and usable either way. At the end
+    ``say`` hears a table of each kernel's default and best time.
     """
     tvm_target, preset = _targets.resolve(target)
     if bool(rpc_tracker) != bool(rpc_key):
@@ -520,16 +576,60 @@ def tune(
     else:
         runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1))
     database = AtomicJSONDatabase(log_dir)
-    callbacks = ms.measure_callback.MeasureCallback.create("default") + [
-        _Progress([c.task_name for c in contexts], trials, say)]
-    with tvm_target:  # the schedule rules read it (aarch64 and armv7 use different NEON intrinsics)
-        ms.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=trials * len(contexts),
-            max_trials_per_task=trials, num_trials_per_iter=min(trials_per_iter, trials), builder=builder,
-            runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
-        )
-        _record_defaults(contexts, [is_binary for _, is_binary in tasks], builder, runner, database)
+    names = [c.task_name for c in contexts]
+    deadline = time.monotonic() + budget_minutes * 60 if budget_minutes is not None else None
+    progress = _Progress(names, trials, say, deadline)
+    callbacks = ms.measure_callback.MeasureCallback.create("default") + [progress]
+    try:
+        with tvm_target:  # the schedule rules read it (aarch64 and armv7 use different NEON intrinsics)
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(log_dir), max_trials_global=trials * len(contexts),
+                max_trials_per_task=trials, num_trials_per_iter=min(trials_per_iter, trials), builder=builder,
+                runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
+            )
+            say("measuring the untuned schedules")
+            defaults = _record_defaults(contexts, [is_binary for _, is_binary in tasks], builder, runner, database)
+    finally:
+        progress.close()
+    for line in _summary_table(names, defaults, progress.best):
+        say(line)
     return log_dir
+
+
+def compare_with_default(model, target, log_dir, rpc_tracker: str | None = None, rpc_key: str | None = None,
+                         input_shapes=None, trust_model_code: bool = False, workdir=None) -> tuple[float, float, str]:
+    """The whole model's latency with ``log_dir``'s records and with the default schedules (neither with the
+    shipped pre-tuned ones), measured once each as ``tune`` measured its candidates: on the board of
+    ``rpc_key`` (median of 5 runs), by estimated cycles on the emulated board for an aarch64 preset, or here
+    (each build timed in its own process, median of 20 runs). Returns ``(default, tuned, unit)``.
+    """
+    import numpy as np
+
+    from . import armprofile, bench
+    from .build import compile as compile_model
+    from .runtime import load, load_remote, median_ms
+
+    _, preset = _targets.resolve(target)
+    folder = Path(workdir or tempfile.mkdtemp(prefix="bnn-tvm-compare-"))
+    builds = {}
+    for name, records in (("default", None), ("tuned", log_dir)):
+        builds[name] = compile_model(model, target, tuning_records=records, pretuned=False, input_shapes=input_shapes,
+                                     trust_model_code=trust_model_code).export_library(folder / f"{name}.so")
+    if preset is not None and not preset.runnable_here and not rpc_tracker:
+        default, tuned = (armprofile.profile(so, preset.name).cycles for so in builds.values())
+        return default, tuned, f"estimated {preset.core} cycles"
+    x_path = folder / "x.npy"
+    shape, dtype = load_remote(builds["default"], rpc_tracker, rpc_key).input_signature() if rpc_tracker else \
+        load(builds["default"]).input_signature()
+    np.save(x_path, np.random.default_rng(0).standard_normal(shape).astype(dtype))
+    if rpc_tracker:
+        default, tuned = (median_ms(load_remote(so, rpc_tracker, rpc_key).time(np.load(x_path), repeat=5))
+                          for so in builds.values())
+        return default, tuned, "ms on the board"
+    default, tuned = (statistics.median(bench.spawn_worker("bnn-tvm", so, x_path, 1, 20, 3, folder / f"{name}.json",
+                                                            None, False)["samples_ms"])
+                      for name, so in builds.items())
+    return default, tuned, "ms here, 1 thread"
 
 
 def apply_tuning_records(mod: tvm.IRModule, target, log_dir, report=None) -> tvm.IRModule:

@@ -283,7 +283,7 @@ def build_with_turned_knobs(case: Case, target_name, tmp_path):
     reports = []
     so = tmp_path / f"turned-{target_name}.so"
     bnn_tvm.compile(mod, target_name, tuning_records=tmp_path / "records",
-                    report=lambda tuned, _total: reports.append(tuned)).export_library(so)
+                    pretuned=False, report=lambda tuned, _total, _folder: reports.append(tuned)).export_library(so)
     assert reports == [1]  # the kernel came from the record
     return so
 

@@ -158,7 +158,7 @@ def test_graph_input_listed_twice(tmp_path):
 
 
 @pytest.mark.parametrize("builtin, custom, expected", [
-    (205, None, "operator code 2 is REDUCE_WINDOW, which bnn-tvm cannot convert (no operator uses it"),
+    (205, None, "operator code 2 is 'REDUCE_WINDOW', which bnn-tvm cannot convert (no operator uses it"),
     (32, b"LceMystery", "operator code 2 is 'LceMystery', which bnn-tvm cannot convert (no operator uses it"),
 ])
 def test_an_unused_operator_code_must_still_be_convertible(builtin, custom, expected, tmp_path):

@@ -6,6 +6,7 @@ the database stays readable when the tuning process is killed while writing it.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_host_tuning_records_are_used_and_bitexact(tmp_path, build_and_load):
 
     reports = []
     so = tmp_path / "tuned.so"
-    bnn_tvm.compile(path, "host", tuning_records=log_dir, report=lambda t, n: reports.append((t, n))).export_library(so)
+    bnn_tvm.compile(path, "host", tuning_records=log_dir, report=lambda t, n, _folder: reports.append((t, n))).export_library(so)
     assert reports and reports[0][0] >= 2
     x = input_for(CASE)
     np.testing.assert_array_equal(bnn_tvm.load(so)(x), zoo.lce_interpreter(path).predict(x))
@@ -109,7 +110,7 @@ def test_emulated_board_tuning_ranks_by_estimated_cycles(tmp_path, build_and_loa
     builds = {}
     for name, records in (("default", None), ("tuned", log_dir)):
         builds[name] = tmp_path / f"{name}-rpi4.so"
-        bnn_tvm.compile(path, "rpi4", tuning_records=records).export_library(builds[name])
+        bnn_tvm.compile(path, "rpi4", tuning_records=records, pretuned=False).export_library(builds[name])
     default, tuned = (armprofile.profile(builds[name], "rpi4") for name in ("default", "tuned"))
     cycles = {name: {k.name: k.cycles for k in p.kernels if k.binary_macs} for name, p in
               (("default", default), ("tuned", tuned))}
@@ -201,3 +202,21 @@ def test_torn_folder_of_an_append_only_writer_loads_without_the_torn_line(tmp_pa
         reread = ms.database.JSONDatabase(work_dir=str(tmp_path))
     assert len(reread) == 3 and len((tmp_path / WORKLOAD_FILE).read_text().splitlines()) == 1
     assert float(reread.query_tuning_record(mod, tvm.target.Target("llvm"), "main").run_secs[0]) == 0.5
+
+
+def test_cli_tune_with_a_budget_stops_early_and_reports(tmp_path):
+    """A budget too short for the run ends it after the first batch, with a usable database, the per-kernel table
+    and the whole model measured tuned against the default schedules."""
+    from .test_bundle import bnn_tvm_cli
+
+    log_dir = tmp_path / "log"
+    done = bnn_tvm_cli("tune", str(zoo.cached_tflite(CASE)), "--target", "host", "--trials", "64", "--only-binary",
+                       "--budget", "0.001", "--log", str(log_dir))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "time budget reached" in out and " left" in out, out
+    assert re.search(r"kernel\s+default us\s+best us\s+speedup", out), out
+    assert re.search(r"whole model: default schedules [0-9.,]+, tuned [0-9.,]+ ms here, 1 thread: [0-9.]+x", out), out
+    records = ms.database.JSONDatabase(work_dir=str(log_dir)).get_all_tuning_records()
+    tasks = len(re.findall(r"^\[[^\]]+\] \d+/64 trials", out, flags=re.M))
+    assert 0 < len(records) < 64 * 3 and tasks >= 1  # stopped long before 64 trials of each kernel

@@ -24,7 +24,7 @@ from tvm.relax.frontend.tflite import tflite_frontend
 from .. import relay_ops as ops
 from ..relay_ops import PACKED_DTYPE
 from .model_file import ModelFileError, checked_model_file
-from .tflite_check import TYPE_NAMES, UnsupportedModelError, check_tflite
+from .tflite_check import TYPE_NAMES, UnsupportedModelError, check_tflite, opcode_names
 
 # tflite.TensorType values this importer reads.
 _TFLITE_DTYPES = {0: "float32", 2: "int32", 9: "int8"}
@@ -96,18 +96,10 @@ class LceOperatorConverter(tflite_frontend.OperatorConverter):
     def _check_operator_codes(self):
         """TFLite resolves every operator code when it loads a file, used or not (LCE's converter leaves unused
         ones), and refuses the file when one names an op it lacks: so does bnn-tvm, for ops it cannot convert."""
-        from tflite.BuiltinOperator import BuiltinOperator
-
-        names = {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int)}
-        for i in range(self.model.OperatorCodesLength()):
-            code = self.model.OperatorCodes(i)
-            builtin = max(code.DeprecatedBuiltinCode(), code.BuiltinCode())
-            if builtin == BuiltinOperator.CUSTOM:
-                name, supported = repr(code.CustomCode().decode()), code.CustomCode().decode() in self.custom_converters
-            else:
-                name, supported = names.get(builtin, str(builtin)), names.get(builtin) in self.convert_map
+        for i, name in opcode_names(self.model).items():
+            supported = name in self.custom_converters or name in self.convert_map
             if not supported:
-                raise UnsupportedModelError(f"operator code {i} is {name}, which bnn-tvm cannot convert (no operator "
+                raise UnsupportedModelError(f"operator code {i} is {name!r}, which bnn-tvm cannot convert (no operator "
                                             f"uses it, but TFLite would need it to load the file)")
 
     def convert_op_to_relax(self):

@@ -219,7 +219,8 @@ def _op_name(op, codes: dict) -> str:
     return codes.get(op.OpcodeIndex(), f"opcode {op.OpcodeIndex()}")
 
 
-def _opcode_names(model) -> dict[int, str]:
+def opcode_names(model) -> dict[int, str]:
+    """Each operator code's op: the builtin's name (``CONV_2D``) or the custom code (``LceBconv2d``)."""
     from tflite.BuiltinOperator import BuiltinOperator
 
     builtins = {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int)}
@@ -405,7 +406,7 @@ def check_tflite(data: bytes) -> None:
     if not model.SubgraphsLength():
         raise UnsupportedModelError("the model has no subgraphs")
     try:
-        codes = _opcode_names(model)
+        codes = opcode_names(model)
         for s in range(model.SubgraphsLength()):
             _check_subgraph(model, s, codes)
     except UnsupportedModelError:
