@@ -633,17 +633,21 @@ def compare_with_default(model, target, log_dir, rpc_tracker: str | None = None,
 
 
 def apply_tuning_records(mod: tvm.IRModule, target, log_dir, report=None) -> tvm.IRModule:
-    """Give the functions that ``log_dir``'s database has records of their best tuned schedule."""
+    """Give the functions that ``log_dir``'s database has records of their best tuned schedule;
+    ``report(tuned, total)`` hears how many functions this database scheduled, of how many."""
     from tvm import relax
+
+    def scheduled(module) -> int:
+        return sum(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
+                   for _, f in module.functions_items())
 
     log_dir = Path(log_dir)
     if not (log_dir / RECORD_FILE).exists():
         raise FileNotFoundError(f"no tuning records in {log_dir} (expected {RECORD_FILE})")
     total = sum(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
+    before = scheduled(mod)  # by a database applied earlier
     with AtomicJSONDatabase(log_dir):  # tolerates the torn last line an older, append-only run left
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    tuned = sum(isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs
-                for _, f in mod.functions_items())
     if report is not None:
-        report(tuned, total)
+        report(scheduled(mod) - before, total)
     return mod
