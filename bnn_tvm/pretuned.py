@@ -9,7 +9,7 @@ QuickNet serves every model with kernels of the same shapes. ``tune_logs/README.
 Remake or extend one::
 
     bnn-tvm tune MODEL --target rpi4 --only-binary --trials 12 --log /tmp/run
-    python -m bnn_tvm.pretuned tune_logs/rpi4-a72-cycles /tmp/run
+    python -m bnn_tvm.pretuned tune_logs/rpi4-a72-cycles /tmp/run --only-binary
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def merge_best(destination: str | Path, *sources: str | Path, only_binary: bool 
     workload (over the sources and what ``destination`` already holds; only the binary kernels' with
     ``only_binary``); returns how many workloads it has.
 
-    The folder is rebuilt whole beside ``destination`` and then moved into place, file by file, each by an
-    atomic rename: a reader sees the old database or the new one.
+    The database is rebuilt whole beside ``destination``, then each file moved into place by an atomic
+    rename: never a torn file, though a reader between the two renames pairs the new workloads with the old
+    records (and drops, with a warning, those that name no workload). Merge while nothing compiles with it.
     """
     destination = Path(destination)
     best: dict = {}  # workload (as the memory database canonicalises it) -> best record
