@@ -237,13 +237,18 @@ def scaled_output_compute(accum: te.Tensor, multiplier: te.Tensor, bias: te.Tens
     an integer subtracted from ``dot``.
     """
     low, high = clamp_range(activation, depth, formula)
+    # The term never leaves this range (accum counts at most K bits; with zero padding, dot is still the dot
+    # product of K values of +-1 or 0): an activation no narrower needs no clamp.
+    unclamped = (-depth, depth) if formula == "dot" else (0, 2 * depth)
 
     def transform(*index):
         o = index[-1]
         term = depth - accum[index] * 2 if formula == "dot" else accum[index] * 2
         if formula == "dot" and correction is not None:
             term = term - correction(index)
-        y = no_fma(tirx.max(tirx.min(term, high), low).astype("float32") * multiplier[o]) + bias[o]
+        if (low, high) != unclamped:
+            term = tirx.max(tirx.min(term, high), low)
+        y = no_fma(term.astype("float32") * multiplier[o]) + bias[o]
         if formula == "lce" and correction is not None:
             y = y + correction(index)
         if out_dtype == "float32":

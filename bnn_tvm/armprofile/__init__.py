@@ -56,6 +56,7 @@ class KernelCost:
     instructions: float
     cycles: float
     binary_macs: int = 0
+    channels_in: int = 0  # a binary convolution's input depth (32 per packed word; 0 for other kernels)
     thread_instructions: list[float] = field(default_factory=list)  # per guest thread (vCPU), by qemu's numbering
 
 
@@ -195,6 +196,8 @@ def _profile(kind, model, target, core, clock, threads, folder) -> ArmProfile:
     for call in calls:
         if call["kernel"] in rows:
             rows[call["kernel"]].binary_macs += binary_macs(call["kernel"], call["args"])
+            if "bconv2d" in call["kernel"]:
+                rows[call["kernel"]].channels_in = call["args"][0][0][-1] * 32
     for name, row in rows.items():
         row.calls = calls_of.get(name, 0)
     kernels = sorted((r for r in rows.values() if not r.name.startswith("(")), key=lambda r: -r.instructions)

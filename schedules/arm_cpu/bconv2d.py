@@ -30,7 +30,13 @@ from ..generic._util import (
     sample_column_tile,
     sample_split,
 )
-from .intrin import lane_sum_intrin, popcount_acc_intrin
+from .intrin import (
+    LANE_SUM_2X4X4_NEON,
+    LANE_SUM_4X8_MAX_CHUNKS,
+    LANE_SUM_4X8_NEON,
+    lane_sum_intrin,
+    popcount_acc_intrin,
+)
 
 COLUMN_TILES = (4, 2)
 CHANNEL_TILE = 4
@@ -53,6 +59,7 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     # Step 2: tile pixels x channels x lanes; rows parallel.
     # Knobs: the column tile and the channel tile (together, the register tile).
     n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
+    chunks_per_lane = extent(sch, p) * extent(sch, q) * extent(sch, k)
     w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
     o_outer, o_inner = sample_split(sch, o, CHANNEL_TILE, max_inner=MAX_CHANNEL_TILE)
     sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
@@ -79,12 +86,38 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.reverse_compute_at(accum, o_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(output, o_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    lane_sum = lane_sum_intrin(tvm.target.Target.current(), extent(sch, sch.get_loops(accum)[-1]))
-    if lane_sum is not None and not vectorized:  # the alternative leaves every loop to LLVM
-        accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
-        sch.tensorize(sch.get_loops(accum)[-1], lane_sum)
-        sch.unroll(sch.get_loops(accum_init)[-1])
+    if not vectorized:  # the alternative leaves every loop to LLVM
+        _sum_lanes(sch, accum, chunks_per_lane)
     packed_output = any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)
     if not packed_output:
         sch.vectorize(sch.get_loops(output)[-1])
     return sch
+
+
+def _sum_lanes(sch: s_tir.Schedule, accum, chunks_per_lane: int) -> None:
+    """Sum each output's u16 lanes into int32: 4 channels at a time by a pairwise tree where the channel tile
+    allows and the lanes' halves cannot overflow, else one ``uaddlv`` per output (none on armv7)."""
+    target = tvm.target.Target.current()
+    *_, pixel, channel, lane = sch.get_loops(accum)
+    lanes = extent(sch, lane)
+    tree = "aarch64" in str(target.attrs.get("mtriple", "")) and extent(sch, channel) % 4 == 0 \
+        and chunks_per_lane <= LANE_SUM_4X8_MAX_CHUNKS
+    if tree and lanes == 8:  # a pixel per chunk
+        _, channel = sch.split(channel, [None, 4])
+        accum_init = sch.decompose_reduction(accum, channel)
+        sch.tensorize(channel, LANE_SUM_4X8_NEON)
+        sch.vectorize(sch.get_loops(accum_init)[-1])
+        return
+    if tree and lanes == 4 and extent(sch, pixel) % 2 == 0:  # two pixels per chunk
+        _, pixel = sch.split(pixel, [None, 2])
+        channel_outer, channel = sch.split(channel, [None, 4])
+        sch.reorder(channel_outer, pixel, channel, lane)
+        accum_init = sch.decompose_reduction(accum, pixel)
+        sch.tensorize(pixel, LANE_SUM_2X4X4_NEON)
+        sch.vectorize(sch.get_loops(accum_init)[-1])
+        return
+    lane_sum = lane_sum_intrin(target, lanes)
+    if lane_sum is not None:
+        accum_init = sch.decompose_reduction(accum, lane)
+        sch.tensorize(lane, lane_sum)
+        sch.unroll(sch.get_loops(accum_init)[-1])
