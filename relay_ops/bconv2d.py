@@ -60,6 +60,10 @@ CHANNEL_BLOCK = BITS_PER_WORD
 WORDS_PER_CHUNK = 4
 HALFWORD_LANES = 8
 UINT16_MAX = 2**16 - 1
+# The "quad_halves" accumulation: 4 output channels share a register of 8 u16 lanes, lane 2c + h counting the
+# set bits of half h (2 words) of the chunk for channel c.
+QUAD_CHANNELS = 4
+QUAD_HALF_BITS = 64
 
 
 def bconv2d(
@@ -220,7 +224,7 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
 def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
     """The filter OHWI in blocks of 32 output channels, zero beyond Cout.
 
-    ``words`` and ``channel_halfwords``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
+    ``words``, ``channel_halfwords`` and ``quad_words``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
     ``halfwords``: [block, kh, kw, channel, word]: words contiguous and padded to whole 128-bit chunks.
     ``pixel_halfwords``: [block, kh, kw, channel, 4]: a tap's 1 or 2 words repeated to fill the chunk, once
     per pixel that shares it.
@@ -234,10 +238,10 @@ def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tens
         inside = tirx.all(o < channels_out, c < words)
         return tirx.if_then_else(inside, w[tirx.min(o, channels_out - 1), p, q, tirx.min(c, words - 1)], zero)
 
-    if accumulation in ("words", "channel_halfwords"):
+    if accumulation in ("words", "channel_halfwords", "quad_words"):
         return te.compute((blocks, kernel_h, kernel_w, words, CHANNEL_BLOCK), weight, name="bconv2d_filter_blocked")
     padded = _round_up(words, WORDS_PER_CHUNK)
-    repeated = accumulation == "pixel_halfwords"
+    repeated = accumulation in ("pixel_halfwords", "pixel_quad_halves")
     return te.compute((blocks, kernel_h, kernel_w, CHANNEL_BLOCK, padded),
                       lambda b, p, q, lane, c: weight(b, p, q, c % words if repeated else c, lane),
                       name="bconv2d_filter_blocked")
@@ -270,6 +274,11 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
     if g.kernel_h * g.kernel_w * chunks * 16 > UINT16_MAX:
         return "words"
     shares_chunks = g.filter_words in (1, 2) and g.groups == 1 and g.stride_w == 1 and g.dilation_w == 1
+    aarch64 = "aarch64" in str(target.attrs.get("mtriple", ""))
+    if aarch64 and g.filter_words == 1 and g.groups == 1:
+        return "quad_words"
+    if aarch64 and g.kernel_h * g.kernel_w * chunks * QUAD_HALF_BITS <= UINT16_MAX and g.filter_words != 1:
+        return "pixel_quad_halves" if shares_chunks else "quad_halves"
     return "pixel_halfwords" if shares_chunks else "halfwords"
 
 
@@ -318,7 +327,9 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
     word into two uint16 lanes summed afterwards (``channel_halfwords``), or
     per 16-bit lane of 128-bit chunks into uint16 lanes summed afterwards
     (``halfwords``, NEON's uadalp), the chunks possibly shared by consecutive
-    pixels (``pixel_halfwords``).
+    pixels (``pixel_halfwords``), or per half chunk of 4 channels at a time
+    (``quad_halves``, ``pixel_quad_halves``: see :func:`_accumulate_quad_halves`), or per halfword of 4
+    channels' one-word taps (``quad_words``: see :func:`_accumulate_quad_words`).
     """
     g = Conv2dGeometry([int(d) for d in x.shape], list(filter_shape), attrs)
     if accumulation == "words":
@@ -327,6 +338,10 @@ def bconv2d_compute(x, w_blocked, *params, attrs: dict, filter_shape, accumulati
         accum = _accumulate_channel_halfwords(_padded_input(x, g, g.filter_words), w_blocked, g)
     elif accumulation == "pixel_halfwords":
         accum = _accumulate_pixel_halfwords(x, w_blocked, g)
+    elif accumulation == "quad_words":
+        accum = _accumulate_quad_words(x, w_blocked, g)
+    elif accumulation in ("quad_halves", "pixel_quad_halves"):
+        accum = _accumulate_quad_halves(x, w_blocked, g, shares_chunks=accumulation == "pixel_quad_halves")
     else:
         accum = _accumulate_halfwords(x, w_blocked, g)
     leading = [g.batch, g.out_h, g.out_w]  # pixel_halfwords' accum has whole chunks of pixels
@@ -464,6 +479,87 @@ def _accumulate_pixel_halfwords(x, w_blocked, g: Conv2dGeometry):
         lambda n, i, j, o: te.sum(lanes[n, i, j // pixels, o, j % pixels * per_pixel + lane].astype("int32"),
                                   axis=lane),
         name="bconv2d_accum")
+
+
+def _accumulate_quad_halves(x, w_blocked, g: Conv2dGeometry, shares_chunks: bool):
+    r"""Popcounts of 4 output channels per register of 8 u16 lanes, by half chunk (LCE's 4-channel register).
+
+    .. math::
+        L[n, i, j, b, 2c + h] = \sum_{p, q, k, u} \mathrm{popcount}\big(\hat x[\ldots, 4k + 2h + u]
+            \oplus w[4b + c, p, q, 4k + 2h + u]\big)
+
+    NEON computes a lane as eor + cnt (bytes), two ``addp`` merging the byte counts of 4 channels' chunks into
+    one register, and one ``uadalp`` per 4 channels. With one pixel per chunk the accumulator sums a channel's
+    two halves; where 2 pixels share a chunk (taps of 2 words, ``shares_chunks``), half ``h`` is pixel
+    ``2 j + h`` and there is nothing to sum.
+    """
+    blocks, padded_words = int(w_blocked.shape[0]), int(w_blocked.shape[4])
+    quads = blocks * CHANNEL_BLOCK // QUAD_CHANNELS
+    pixels = WORDS_PER_CHUNK // g.filter_words if shares_chunks else 1
+    columns = (g.out_w + pixels - 1) // pixels
+    p = te.reduce_axis((0, g.kernel_h), name="p")
+    q = te.reduce_axis((0, g.kernel_w), name="q")
+    k = te.reduce_axis((0, 1 if shares_chunks else padded_words // WORDS_PER_CHUNK), name="k")
+    u = te.reduce_axis((0, WORDS_PER_CHUNK // 2), name="u")
+    if shares_chunks:
+        xrows = _padded_rows(x, g, columns * pixels + g.kernel_w - 1)
+    else:
+        xpad = _padded_input(x, g, padded_words)
+
+    def lane_count(n, i, j, quad, lane):
+        o = quad * QUAD_CHANNELS + lane // 2
+        word = k * WORDS_PER_CHUNK + lane % 2 * 2 + u
+        if shares_chunks:
+            xv = xrows[n, i * g.stride_h + p * g.dilation_h, (j * pixels + q) * g.filter_words + word]
+        else:
+            xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w,
+                      _group_offset(o, g, padded_words) + word]
+        wv = w_blocked[o // CHANNEL_BLOCK, p, q, o % CHANNEL_BLOCK, word]
+        return te.sum(tirx.popcount(tirx.bitwise_xor(xv, wv)).astype("uint16"), axis=[p, q, k, u])
+
+    lanes = te.compute((g.batch, g.out_h, columns, quads, 2 * QUAD_CHANNELS), lane_count, name="bconv2d_quads",
+                       attrs={"schedule_rule": RULE})
+    if not shares_chunks:
+        return _sum_quad_halves(lanes)
+    # Whole chunks of pixels, as in pixel_halfwords; the output reads out_w.
+    return te.compute((g.batch, g.out_h, columns * pixels, quads * QUAD_CHANNELS),
+                      lambda n, i, j, o: lanes[n, i, j // pixels, o // QUAD_CHANNELS,
+                                               o % QUAD_CHANNELS * 2 + j % pixels].astype("int32"),
+                      name="bconv2d_accum")
+
+
+def _sum_quad_halves(lanes: te.Tensor) -> te.Tensor:
+    """The int32 outputs of quad registers [N, H, W, quad, 8]: channel ``c``'s two lanes summed."""
+    n_, h_, w_, quads, _ = (int(d) for d in lanes.shape)
+    half = te.reduce_axis((0, 2), name="half")
+    return te.compute((n_, h_, w_, quads * QUAD_CHANNELS), lambda n, i, j, o: te.sum(
+        lanes[n, i, j, o // QUAD_CHANNELS, o % QUAD_CHANNELS * 2 + half].astype("int32"), axis=half),
+        name="bconv2d_accum")
+
+
+def _accumulate_quad_words(x, w_blocked, g: Conv2dGeometry):
+    r"""Taps of one word: the input word broadcast against 4 output channels' words in one chunk.
+
+    .. math::
+        L[n, i, j, b, 2c + h] = \sum_{p, q} \mathrm{popcount}\big(\text{halfword } h \text{ of }
+            \hat x[n, i s_h + p d_h, j s_w + q d_w, 0] \oplus w[4b + c, p, q, 0]\big)
+
+    NEON: ``ld1r`` + eor + cnt + one ``uadalp`` per pixel and 4 channels (lane 2c + h, as in ``quad_halves``),
+    so that a chunk is never shared by pixels and any stride works.
+    """
+    quads = int(w_blocked.shape[0]) * CHANNEL_BLOCK // QUAD_CHANNELS
+    xpad = _padded_input(x, g, g.filter_words)
+    p = te.reduce_axis((0, g.kernel_h), name="p")
+    q = te.reduce_axis((0, g.kernel_w), name="q")
+
+    def lane_count(n, i, j, quad, lane):
+        o = quad * QUAD_CHANNELS + lane // 2
+        xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w, 0]
+        wv = w_blocked[o // CHANNEL_BLOCK, p, q, 0, o % CHANNEL_BLOCK]
+        return te.sum(_halfword_popcount(xv, wv, lane), axis=[p, q])
+
+    return _sum_quad_halves(te.compute((g.batch, g.out_h, g.out_w, quads, 2 * QUAD_CHANNELS), lane_count,
+                                       name="bconv2d_quads", attrs={"schedule_rule": RULE}))
 
 
 def _padded_rows(x, g: Conv2dGeometry, width: int):

@@ -32,12 +32,14 @@ def assembly(target_name, mod):
 
 
 @pytest.mark.parametrize("target", ["rpi4", "aarch64"])
-def test_aarch64_bconv_hot_loop_is_eor_cnt_uadalp(target):
+def test_aarch64_bconv_hot_loop_is_eor_cnt_addp_uadalp(target):
     body = assembly(target, bconv_module())  # the module holds the bconv kernel and little else
-    counts = {op: len(re.findall(rf"\t{op}\t", body)) for op in ("eor", "cnt", "uadalp", "ldr", "ldp")}
-    assert counts["cnt"] >= 16 and counts["uadalp"] >= 16, counts
-    # one eor, cnt and uadalp (or uaddlp, for a lane's first chunk) per 128-bit chunk and channel
-    assert counts["eor"] >= counts["cnt"] and counts["uadalp"] + len(re.findall(r"\tuaddlp\t", body)) >= counts["cnt"]
+    counts = {op: len(re.findall(rf"\t{op}\t", body)) for op in ("eor", "cnt", "uadalp")}
+    byte_addp = len(re.findall(r"\taddp\tv\d+\.16b", body))
+    assert counts["cnt"] >= 16 and counts["uadalp"] >= 4, counts
+    # per 128-bit chunk and channel one eor and cnt; per 4 channels' chunks 3 byte addp and 1 uadalp (LCE's kernel)
+    assert counts["eor"] >= counts["cnt"], counts
+    assert byte_addp * 4 >= counts["cnt"] * 3 and counts["uadalp"] * 4 >= counts["cnt"], (byte_addp, counts)
 
 
 def test_x86_avx512_bconv_uses_vpopcnt():

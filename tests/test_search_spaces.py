@@ -44,10 +44,10 @@ def _bmaxpool2d():
     return single_op_module(lambda v: ops.bmaxpool2d(v, **attrs), x), x, ops.bmaxpool2d_ref(x, attrs)
 
 
-def _bconv2d():
+def _bconv2d(groups=1):
     rng = np.random.default_rng(3)
     x = ops.quantize_ref(rng.standard_normal((1, 9, 8, 64)).astype("float32"))
-    w = ops.quantize_ref(rng.standard_normal((64, 3, 3, 64)).astype("float32"))
+    w = ops.quantize_ref(rng.standard_normal((64, 3, 3, 64 // groups)).astype("float32"))
     multiplier = rng.uniform(-0.5, 0.5, 64).astype("float32")
     bias = rng.uniform(-2, 2, 64).astype("float32")
     attrs = {"channels_in": 64, "strides": [1, 1], "dilations": [1, 1], "padding": "SAME", "pad_value": 1,
@@ -57,6 +57,11 @@ def _bconv2d():
     return mod, x, ops.bconv2d_ref(x, w, attrs, multiplier, bias)
 
 
+def _grouped_bconv2d():
+    """Two groups of one-word taps: on aarch64 the pixel_halfwords accumulation (quad_words needs one group)."""
+    return _bconv2d(groups=2)
+
+
 # (operator case, target): every binary rule on the targets it has a schedule of its own for.
 RULES = {
     "quantize-x86": (_quantize, "host"),
@@ -64,6 +69,7 @@ RULES = {
     "bmaxpool2d-x86": (_bmaxpool2d, "host"),
     "bconv2d-x86": (_bconv2d, "host"),
     "bconv2d-arm": (_bconv2d, "rpi4"),
+    "bconv2d-arm-grouped": (_grouped_bconv2d, "rpi4"),
 }
 
 
@@ -150,7 +156,7 @@ def test_design_space_has_knobs_and_defaults_to_the_untuned_schedule(rule):
     # Another decision is another schedule.
     turned = replay(context, other_decisions(default.trace, largest=True))
     assert not tvm_ffi.structural_equal(turned.mod["main"].body, untuned.body)
-    assert len(alternatives) == (rule == "bconv2d-arm")  # the ARM bconv's vectorized lanes
+    assert len(alternatives) == (rule == "bconv2d-arm-grouped")  # the halfwords schedule's vectorized lanes
 
 
 @pytest.mark.parametrize("largest", [True, False], ids=["largest", "smallest"])
@@ -167,15 +173,23 @@ def test_other_decisions_stay_bitexact(rule, largest, tmp_path):
 
 
 def test_arm_bconv_other_decisions_and_vectorized_lanes_are_bitexact_on_board(emulated_board, tmp_path):
-    mod, x, expected = _bconv2d()
     target = bnn_tvm.targets.resolve("rpi4")[0]
-    context = tune_context(binary_task(mod, target), target)
-    tensorized, vectorized = design_spaces(context, target)
-    assert any(inst.kind.name == "Tensorize" for inst in tensorized.trace.insts)
-    assert not any(inst.kind.name == "Tensorize" for inst in vectorized.trace.insts)
-    for space, largest in ((tensorized, True), (vectorized, False)):
-        sch = replay(context, other_decisions(space.trace, largest))
-        so = build_with_schedule(_bconv2d, "rpi4", context, sch, tmp_path)
+    builds = []
+    for case in (_bconv2d, _grouped_bconv2d):
+        mod, x, expected = case()
+        context = tune_context(binary_task(mod, target), target)
+        spaces = design_spaces(context, target)
+        assert all(any(inst.kind.name == "Tensorize" for inst in space.trace.insts) for space in spaces[:1])
+        if case is _grouped_bconv2d:  # halfwords: the tensorized space and the vectorized alternative
+            tensorized, vectorized = spaces
+            assert not any(inst.kind.name == "Tensorize" for inst in vectorized.trace.insts)
+            choices = ((tensorized, True), (vectorized, False))
+        else:  # quad_halves: both ends of its knobs
+            choices = ((spaces[0], True), (spaces[0], False))
+        for space, largest in choices:
+            sch = replay(context, other_decisions(space.trace, largest))
+            builds.append((build_with_schedule(case, "rpi4", context, sch, tmp_path), x, expected))
+    for so, x, expected in builds:
         np.testing.assert_array_equal(load_remote(so, *emulated_board)(x), expected)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from ...relay_ops.bconv2d import RULE
+from ...relay_ops.bconv2d import QUAD_CHANNELS, RULE
 from ...strategies import register
 from ..generic._util import (
     blocks_by_name,
@@ -32,6 +32,10 @@ from ..generic._util import (
 )
 from .intrin import (
     LANE_SUM_2X4X4_NEON,
+    POPCOUNT_ACC_QUAD_NEON,
+    POPCOUNT_ACC_QUAD_WORD_NEON,
+    QUAD_SPLIT_NEON,
+    QUAD_SUM_NEON,
     LANE_SUM_4X8_MAX_CHUNKS,
     LANE_SUM_4X8_NEON,
     lane_sum_intrin,
@@ -41,6 +45,10 @@ from .intrin import (
 COLUMN_TILES = (4, 2)
 CHANNEL_TILE = 4
 MAX_CHANNEL_TILE = 8
+# quad_halves: one register per pixel and 4 channels, so the register tile can hold 7 columns x 8 channels.
+QUAD_COLUMN_TILES = (4, 7, 2)
+QUAD_TILE = 2
+MAX_QUAD_TILE = 4
 VECTORIZED_LANES = declare_alternative(
     "arm_bconv2d_vectorized_lanes", "the NEON bconv's lane loop vectorized by LLVM instead of tensorized")
 
@@ -88,8 +96,7 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.compute_inline(tile)
     if not vectorized:  # the alternative leaves every loop to LLVM
         _sum_lanes(sch, accum, chunks_per_lane)
-    packed_output = any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)
-    if not packed_output:
+    if not _packed_output(sch, output):
         sch.vectorize(sch.get_loops(output)[-1])
     return sch
 
@@ -121,3 +128,62 @@ def _sum_lanes(sch: s_tir.Schedule, accum, chunks_per_lane: int) -> None:
         accum_init = sch.decompose_reduction(accum, lane)
         sch.tensorize(lane, lane_sum)
         sch.unroll(sch.get_loops(accum_init)[-1])
+
+
+@register(RULE, ("arm_cpu",))
+def schedule_bconv2d_neon_quads(sch: s_tir.Schedule, quads) -> s_tir.Schedule | None:
+    """The ``quad_halves`` and ``quad_words`` accumulations: a register of 8 u16 lanes per pixel and 4 output
+    channels.
+
+    Knobs: the column tile [4, 7 or 2, whichever divides the width] and the tile of 4-channel quads [2]."""
+    if sch.get(quads).name_hint != "bconv2d_quads":
+        return None
+    blocks = blocks_by_name(sch)
+    accum, output = blocks["bconv2d_accum"], blocks["bconv2d_output"]
+    # Step 1: padding and group re-layout of the input, parallel over rows.
+    if "bconv2d_pad" in blocks:
+        parallel_rows(sch, blocks["bconv2d_pad"])
+    inline_epilogues(sch, output)
+
+    # Step 2: tile pixels (or pairs of pixels sharing a chunk) x quads of channels; rows parallel.
+    # quad_halves reduce over taps, chunks and the 2 words of a half (inside the intrinsic); quad_words over taps.
+    n, h, w, quad, lane, *reduction = sch.get_loops(quads)
+    words_in_lane = reduction[3:]
+    w_outer, w_inner = sample_column_tile(sch, w, QUAD_COLUMN_TILES)
+    quad_outer, quad_inner = sample_split(sch, quad, QUAD_TILE, max_inner=MAX_QUAD_TILE)
+    sch.reorder(n, h, w_outer, quad_outer, *reduction[:3], w_inner, quad_inner, lane, *words_in_lane)
+    sch.parallel(sch.fuse(n, h))
+
+    # Step 3: the quad registers zeroed before the reduction; per chunk, 4 channels' eor/cnt/addp/uadalp.
+    tile = sch.cache_write(quads, 0, "local")
+    sch.reverse_compute_at(tile, quad_outer)
+    init = sch.decompose_reduction(quads, reduction[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, POPCOUNT_ACC_QUAD_NEON if words_in_lane else POPCOUNT_ACC_QUAD_WORD_NEON)
+    sch.unroll(w_inner)
+    sch.unroll(quad_inner)
+
+    # Step 4: each register's lanes to 4 int32 (a pixel's halves summed, or 2 pixels' unzipped), then the
+    # output transform, vectorized over the channel tile.
+    sch.reverse_compute_at(accum, quad_outer, preserve_unit_loops=True)
+    sch.reverse_compute_at(output, quad_outer, preserve_unit_loops=True)
+    sch.compute_inline(tile)
+    if len(sch.get(accum).iter_vars) == 5:  # summing a pixel's two halves
+        *_, channel, _half = sch.get_loops(accum)
+        _, channel = sch.split(channel, [None, QUAD_CHANNELS])
+        accum_init = sch.decompose_reduction(accum, channel)
+        sch.tensorize(channel, QUAD_SUM_NEON)
+        sch.vectorize(sch.get_loops(accum_init)[-1])
+    else:
+        *_, pixel, channel = sch.get_loops(accum)
+        pixel_outer, pixel = sch.split(pixel, [None, 2])
+        channel_outer, channel = sch.split(channel, [None, QUAD_CHANNELS])
+        sch.reorder(pixel_outer, channel_outer, pixel, channel)
+        sch.tensorize(pixel, QUAD_SPLIT_NEON)
+    if not _packed_output(sch, output):
+        sch.vectorize(sch.get_loops(output)[-1])
+    return sch
+
+
+def _packed_output(sch: s_tir.Schedule, output) -> bool:
+    return any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)

@@ -201,3 +201,165 @@ def _lane_sum_2x4x4_impl(a: T.handle, b: T.handle) -> None:
 # Two pixels sharing each chunk (4 lanes each) x 4 channels into 8 int32: the tree of lane_sum_4x8, whose last
 # sums interleave the two pixels, split by one unzip each.
 TensorIntrin.register(LANE_SUM_2X4X4_NEON, _lane_sum_2x4x4_desc, _lane_sum_2x4x4_impl, override=True)
+
+
+POPCOUNT_ACC_QUAD_NEON = "popcount_acc_4x8_u32u16_neon"
+
+
+@T.prim_func(s_tir=True)
+def _popcount_acc_quad_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    x = T.match_buffer(a, (T.int64(4),), "int32", offset_factor=1)
+    w = T.match_buffer(b, (T.int64(4), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
+    acc = T.match_buffer(c, (T.int64(8),), "uint16", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(acc[0:8], x[0:4], w[0:4, 0:4])
+        T.writes(acc[0:8])
+        for lane, u in T.grid(T.int64(8), T.int64(2)):
+            with T.sblock("update"):
+                v_lane, v_u = T.axis.remap("SR", [lane, u])
+                acc[v_lane] = acc[v_lane] + T.Cast("uint16", T.popcount(T.bitwise_xor(
+                    x[v_lane % T.int64(2) * T.int64(2) + v_u],
+                    w[v_lane // T.int64(2), v_lane % T.int64(2) * T.int64(2) + v_u])))
+
+
+@T.prim_func(s_tir=True)
+def _popcount_acc_quad_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    x = T.match_buffer(a, (T.int64(4),), "int32", offset_factor=1)
+    w = T.match_buffer(b, (T.int64(4), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
+    acc = T.match_buffer(c, (T.int64(8),), "uint16", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(acc[0:8], x[0:4], w[0:4, 0:4])
+        T.writes(acc[0:8])
+        chunk = x.vload([0], "int32x4")
+        counts_0 = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", T.reinterpret(
+            T.bitwise_xor(chunk, w.vload([0, 0], "int32x4")), dtype="uint8x16"))
+        counts_1 = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", T.reinterpret(
+            T.bitwise_xor(chunk, w.vload([1, 0], "int32x4")), dtype="uint8x16"))
+        counts_2 = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", T.reinterpret(
+            T.bitwise_xor(chunk, w.vload([2, 0], "int32x4")), dtype="uint8x16"))
+        counts_3 = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", T.reinterpret(
+            T.bitwise_xor(chunk, w.vload([3, 0], "int32x4")), dtype="uint8x16"))
+        # Byte j of the pairwise sums: channels 0-1's, then 2-3's; of their pairwise sums: 4 bytes per channel.
+        pairs_01 = T.call_llvm_pure_intrin("uint8x16", "llvm.aarch64.neon.addp.v16i8", counts_0, counts_1)
+        pairs_23 = T.call_llvm_pure_intrin("uint8x16", "llvm.aarch64.neon.addp.v16i8", counts_2, counts_3)
+        quarters = T.call_llvm_pure_intrin("uint8x16", "llvm.aarch64.neon.addp.v16i8", pairs_01, pairs_23)
+        acc[T.ramp(T.int64(0), 1, 8)] = acc[T.ramp(T.int64(0), 1, 8)] + T.call_llvm_pure_intrin(
+            "uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", quarters)
+
+
+# 4 output channels' chunk against one input chunk into one register: 4 eor + 4 cnt + 3 addp + 1 uadalp, LCE's
+# BinaryKernelNeon8x4 combination (the same 3 NEON instructions per 128 binary MACs as one uadalp per channel),
+# with a quarter of the accumulators and of the lane sums.
+TensorIntrin.register(POPCOUNT_ACC_QUAD_NEON, _popcount_acc_quad_desc, _popcount_acc_quad_impl, override=True)
+
+QUAD_SUM_NEON = "quad_sum_1x8_u16i32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _quad_sum_desc(
+    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    out: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(out[0:4], lanes[0:8])
+        T.writes(out[0:4])
+        for channel, half in T.grid(T.int64(4), T.int64(2)):
+            with T.sblock("update"):
+                v_channel, v_half = T.axis.remap("SR", [channel, half])
+                out[v_channel] = out[v_channel] + T.Cast("int32", lanes[v_channel * T.int64(2) + v_half])
+
+
+@T.prim_func(s_tir=True)
+def _quad_sum_impl(
+    lanes: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    out: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(out[0:4], lanes[0:8])
+        T.writes(out[0:4])
+        out[T.ramp(T.int64(0), 1, 4)] = out[T.ramp(T.int64(0), 1, 4)] + T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", lanes[T.ramp(T.int64(0), 1, 8)])
+
+
+QUAD_SPLIT_NEON = "quad_split_2x4_u16i32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _quad_split_desc(a: T.handle, b: T.handle) -> None:
+    lanes = T.match_buffer(a, (T.int64(8),), "uint16", offset_factor=1, scope="local")
+    out = T.match_buffer(b, (T.int64(2), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
+    with T.sblock("root"):
+        T.reads(lanes[0:8])
+        T.writes(out[0:2, 0:4])
+        for pixel, channel in T.grid(T.int64(2), T.int64(4)):
+            with T.sblock("update"):
+                v_pixel, v_channel = T.axis.remap("SS", [pixel, channel])
+                out[v_pixel, v_channel] = T.Cast("int32", lanes[v_channel * T.int64(2) + v_pixel])
+
+
+@T.prim_func(s_tir=True)
+def _quad_split_impl(a: T.handle, b: T.handle) -> None:
+    lanes = T.match_buffer(a, (T.int64(8),), "uint16", offset_factor=1, scope="local")
+    out = T.match_buffer(b, (T.int64(2), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
+    with T.sblock("root"):
+        T.reads(lanes[0:8])
+        T.writes(out[0:2, 0:4])
+        counts = lanes[T.ramp(T.int64(0), 1, 8)]
+        out[0, T.ramp(T.int64(0), 1, 4)] = T.Cast("int32x4", T.Shuffle([counts], [0, 2, 4, 6]))
+        out[1, T.ramp(T.int64(0), 1, 4)] = T.Cast("int32x4", T.Shuffle([counts], [1, 3, 5, 7]))
+
+
+# A quad register's lanes as int32 outputs: one pixel's 4 channels, each the sum of its two halves (uaddlp);
+# or, where 2 pixels share the chunk, the halves are the pixels: unzipped into 2 pixels x 4 channels.
+TensorIntrin.register(QUAD_SUM_NEON, _quad_sum_desc, _quad_sum_impl, override=True)
+TensorIntrin.register(QUAD_SPLIT_NEON, _quad_split_desc, _quad_split_impl, override=True)
+
+
+POPCOUNT_ACC_QUAD_WORD_NEON = "popcount_acc_4x8_u32u16_broadcast_neon"
+
+
+@T.prim_func(s_tir=True)
+def _popcount_acc_quad_word_desc(
+    x: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+    w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+    acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(acc[0:8], x[0:1], w[0:4])
+        T.writes(acc[0:8])
+        for lane in T.serial(T.int64(8)):
+            with T.sblock("update"):
+                v_lane = T.axis.remap("S", [lane])
+                acc[v_lane] = acc[v_lane] + T.Cast(
+                    "uint16",
+                    T.popcount(
+                        T.bitwise_and(
+                            T.shift_right(
+                                T.Cast("int64", T.bitwise_xor(x[0], w[v_lane // T.int64(2)])),
+                                v_lane % T.int64(2) * T.int64(16),
+                            ),
+                            T.int64(65535),
+                        )
+                    ),
+                )
+
+
+@T.prim_func(s_tir=True)
+def _popcount_acc_quad_word_impl(
+    x: T.Buffer((T.int64(1),), "int32", offset_factor=1),
+    w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+    acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(acc[0:8], x[0:1], w[0:4])
+        T.writes(acc[0:8])
+        bits = T.reinterpret(T.bitwise_xor(T.broadcast(x[0], 4), w.vload([0], "int32x4")), dtype="uint8x16")
+        counts = T.call_llvm_pure_intrin("uint8x16", "llvm.ctpop.v16i8", bits)
+        acc[T.ramp(T.int64(0), 1, 8)] = acc[T.ramp(T.int64(0), 1, 8)] + T.call_llvm_pure_intrin(
+            "uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", counts)
+
+
+# One input word (ld1r) against 4 output channels' words of a one-word tap: eor + cnt + uadalp into the lanes
+# of a quad register (lane 2c + h: halfword h of channel c), summed by quad_sum like quad_halves'.
+TensorIntrin.register(POPCOUNT_ACC_QUAD_WORD_NEON, _popcount_acc_quad_word_desc, _popcount_acc_quad_word_impl,
+                      override=True)
