@@ -4,9 +4,10 @@ Converts QuickNet at 224x224 with LCE's converter (cached), compiles the .tflite
 with bnn-tvm for this host and for a Raspberry Pi 4 (aarch64), runs the host
 build and LCE on the same inputs (1 thread each), then the aarch64 build on an
 emulated ARM board (qemu) reached through a real RPC tracker, and prints the
-agreement with LCE and the median latency of each; for the board, the Cortex-A72
-latency estimated from counted instructions (``bnn_tvm.armprofile``) beside LCE's
-published Raspberry Pi 4 figure (qemu's wall time says nothing about ARM). Last, the same Keras
+agreement with LCE and the median latency of each; for the board, instructions and
+estimated Cortex-A72 cycles counted on the emulated board (``bnn_tvm.armprofile``) beside
+LCE's own aarch64 kernels counted by the same instrument (``benchmarks/lce_arm.py``; qemu's
+wall time says nothing about ARM, and LCE's published hardware time is only context). Last, the same Keras
 model compiled straight from Keras (bnn-tvm's own importer and graph passes, no
 LCE converter), checked against Keras's model.predict.
 """
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bnn_tvm  # noqa: E402
 from bnn_tvm import zoo  # noqa: E402
 
-from benchmarks.arm import LCE_RPI4_MS  # noqa: E402
+from benchmarks.arm import BCONV_HEADER, bconv_rows, published_context  # noqa: E402
+from benchmarks.lce_arm import LCE_MODELS  # noqa: E402
 
 REPEAT = 20
 
@@ -113,15 +115,15 @@ def run_on_emulated_board(path: Path, interpreter) -> None:
         board.stop_board(key)
         board.stop_tracker(port)
     arm = armprofile.profile(so, "rpi4")
-    binary = [k for k in arm.kernels if k.binary_macs]
-    macs_per_insn = sum(k.binary_macs for k in binary) / sum(k.instructions for k in binary)
-    lce_ms = LCE_RPI4_MS["QuickNet"][0]
-    print(f"    Cortex-A72 (counted on the emulated board): {arm.instructions / 1e6:.1f} M instructions, "
-          f"{arm.cycles / 1e6:.1f} M estimated cycles per inference (binary convolutions {macs_per_insn:.1f} binary MACs "
-          "per instruction)")
-    print(f"    ESTIMATED Raspberry Pi 4 latency, 1 thread: {arm.estimated_ms:.1f} ms at 1.5 GHz, against LCE's "
-          f"published {lce_ms:.1f} ms ({lce_ms / arm.estimated_ms:.2f}x); an estimate without cache misses, "
-          "not a measurement")
+    lce = LCE_MODELS["QuickNet"]
+    print(f"    Cortex-A72, counted on the emulated board, 1 thread, per inference (cycles are llvm-mca estimates):\n"
+          f"      bnn-tvm: {arm.instructions / 1e6:.1f} M instructions, {arm.cycles / 1e6:.1f} M estimated cycles\n"
+          f"      LCE's own aarch64 kernels on the same board and counter: {lce.instructions / 1e6:.1f} M instructions, "
+          f"{lce.cycles / 1e6:.1f} M estimated cycles\n"
+          f"      bnn-tvm is {lce.cycles / arm.cycles:.2f}x LCE in estimated cycles, "
+          f"{lce.instructions / arm.instructions:.2f}x in instructions; binary convolutions by input depth:")
+    print("\n".join("      " + line for line in [*BCONV_HEADER.splitlines(), *bconv_rows("QuickNet", arm)]))
+    print(f"    ({published_context('QuickNet', arm)})")
 
 
 if __name__ == "__main__":
