@@ -64,6 +64,28 @@ def test_binary_kernels_at_every_depth_do_many_macs_per_instruction(profiled):
     assert len(rates) == 8 and min(rates.values()) > 15, rates
 
 
+def test_binary_convolutions_group_by_input_depth_as_lces_table(profiled):
+    """benchmarks/arm.py's grouping: per input depth the layers and MACs of the model's binary convolutions,
+    one row per depth beside LCE's same-instrument figures for QuickNetSmall (same depths and layer counts)."""
+    import larq as lq
+
+    from benchmarks.arm import bconv_groups, bconv_rows
+    from benchmarks.lce_arm import LCE_BCONVS
+
+    expected = {}
+    for layer in zoo.keras_logits_model(CASE).layers:
+        if isinstance(layer, lq.layers.QuantConv2D) and layer.input_quantizer is not None:
+            _, out_h, out_w, channels_out = layer.output.shape
+            kernel_h, kernel_w, channels_in, _ = layer.kernel.shape
+            group = expected.setdefault(channels_in, [0, 0])
+            group[0] += 1
+            group[1] += out_h * out_w * channels_out * kernel_h * kernel_w * channels_in
+    groups = bconv_groups(profiled)
+    assert {cin: [g["layers"], g["binary_macs"]] for cin, g in groups.items()} == expected
+    assert {cin: g.layers for cin, g in LCE_BCONVS["QuickNetSmall"].items()} == {c: e[0] for c, e in expected.items()}
+    assert len(bconv_rows("QuickNetSmall", profiled)) == len(expected)
+
+
 def test_binary_macs_match_the_keras_model(profiled):
     """The MACs the profile attributes to binary kernels are those of the model's binary convolutions."""
     import larq as lq

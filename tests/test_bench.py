@@ -126,3 +126,14 @@ def test_bad_arguments(args, message, capsys):
 def test_bad_arguments_from_the_shell():
     done = bnn_tvm("bench", "missing.tflite", "--threads", "1")
     assert done.returncode == 2 and done.stderr == "error: no model file missing.tflite\n"
+
+
+def test_lce_arm_reference_table_is_consistent():
+    """The per-depth rows of LCE's same-instrument figures add up to each model's binary-convolution cycles
+    (within the reference's stated 1-3% per-op rounding), and their MACs per cycle are the reference's."""
+    from benchmarks.lce_arm import LCE_BCONVS, LCE_MODELS
+
+    for name, model in LCE_MODELS.items():
+        assert sum(group.cycles for group in LCE_BCONVS[name].values()) == pytest.approx(model.bconv_cycles, rel=0.03)
+        assert model.bconv_cycles + model.non_bconv_cycles == pytest.approx(model.cycles, rel=0.03), name
+    assert LCE_BCONVS["QuickNet"][256].macs_per_cycle == pytest.approx(76.91, abs=0.05)
