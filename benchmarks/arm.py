@@ -82,12 +82,23 @@ REST_HEADER = ("| model | LCE: quantize + XNNPACK + interpreter | bnn-tvm: all b
                "|---|---|---|---|")
 
 
+THREADS_HEADER = ("| model (224x224) | threads | bnn-tvm instructions | busiest thread's est. cycles | "
+                  "model-kernel instructions per thread |\n|---|---|---|---|---|")
+
+
+def threads_row(name: str, profile: armprofile.ArmProfile) -> str:
+    split = " / ".join(f"{count / 1e6:.1f} M" for count in profile.kernel_instructions_per_thread())
+    return (f"| {name} | {profile.threads} | {profile.instructions / 1e6:.1f} M | {profile.cycles / 1e6:.2f} M | "
+            f"{split} |")
+
+
 def published_context(name: str, profile: armprofile.ArmProfile) -> str:
-    published = LCE_PUBLISHED_RPI4_MS.get(name)
-    text = f"{name}: bnn-tvm {profile.cycles / 1e6:.1f} M estimated cycles = {profile.estimated_ms:.1f} ms at 1.5 GHz"
+    published = dict(zip((1, 4), LCE_PUBLISHED_RPI4_MS.get(name, ()))).get(profile.threads)
+    text = (f"{name}: bnn-tvm {profile.cycles / 1e6:.1f} M estimated cycles = {profile.estimated_ms:.1f} ms at 1.5 GHz "
+            f"({profile.threads} thread{'s' if profile.threads > 1 else ''})")
     if published:
-        text += (f"; LCE's published Raspberry Pi 4 hardware time {published[0]:.1f} ms (1 thread), a different "
-                 "instrument (memory stalls included): context, not a ratio")
+        text += (f"; LCE's published Raspberry Pi 4 hardware time {published:.1f} ms, a different instrument "
+                 "(memory stalls included): context, not a ratio")
     return text
 
 
@@ -103,14 +114,18 @@ def main() -> None:
         print(f"profiling {name}...", file=sys.stderr, flush=True)
         profiles[name] = profile_model(name, threads=args.threads, reference=args.float_reference)
         print(profiles[name].report(), file=sys.stderr, flush=True)
-    if args.threads != 1:
-        print(f"(bnn-tvm at {args.threads} threads: its busiest thread's cycles; LCE's figures are 1 thread)")
-    for header, row in ((MODEL_HEADER, model_row), (BCONV_HEADER, bconv_rows), (REST_HEADER, rest_row)):
-        print(header)
+    if args.threads != 1:  # LCE's same-instrument figures are 1-thread: no ratio to them
+        print(THREADS_HEADER)
         for name, profile in profiles.items():
-            lines = row(name, profile)
-            print("\n".join(lines) if isinstance(lines, list) else lines)
+            print(threads_row(name, profile))
         print()
+    else:
+        for header, row in ((MODEL_HEADER, model_row), (BCONV_HEADER, bconv_rows), (REST_HEADER, rest_row)):
+            print(header)
+            for name, profile in profiles.items():
+                lines = row(name, profile)
+                print("\n".join(lines) if isinstance(lines, list) else lines)
+            print()
     for name, profile in profiles.items():
         print(published_context(name, profile))
 

@@ -255,8 +255,7 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
     """How ``target`` accumulates the popcounts of ``g``, when its u16 lanes cannot overflow.
 
     On ARM (NEON popcount into u16 lanes of 128-bit chunks): ``pixel_halfwords`` where a tap has 1 or 2 words
-    and consecutive output pixels read consecutive input pixels (one group, unit stride and dilation along the
-    width), so that 4 or 2 pixels share each chunk instead of padding it; else ``halfwords``, a pixel's words
+    (one group), so that 4 or 2 pixels share each chunk instead of padding it (see ``_shared_chunk_rows``); else ``halfwords``, a pixel's words
     padded to whole chunks. On x86 with AVX2 but without a vector popcount instruction, for one group (the
     channels of a register share the input word): ``channel_halfwords``, the byte counts of each output channel's
     word added pairwise into its two u16 lanes (VPSHUFB + VPMADDUBSW), summed once after the reduction instead
@@ -273,7 +272,7 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
     chunks = _round_up(g.filter_words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
     if g.kernel_h * g.kernel_w * chunks * 16 > UINT16_MAX:
         return "words"
-    shares_chunks = g.filter_words in (1, 2) and g.groups == 1 and g.stride_w == 1 and g.dilation_w == 1
+    shares_chunks = g.filter_words in (1, 2) and g.groups == 1
     aarch64 = "aarch64" in str(target.attrs.get("mtriple", ""))
     if aarch64 and g.filter_words == 1 and g.groups == 1:
         return "quad_words"
@@ -450,22 +449,20 @@ def _accumulate_halfwords(x, w_blocked, g: Conv2dGeometry):
 def _accumulate_pixel_halfwords(x, w_blocked, g: Conv2dGeometry):
     """``halfwords`` with ``4 / words`` consecutive output pixels per 128-bit chunk (see ``accumulation_for``).
 
-    With unit stride and dilation along the width, tap ``q`` of pixels ``j .. j + P - 1`` reads input columns
-    ``j + q .. j + q + P - 1``: in the input flattened over (column, word), one contiguous chunk. The filter
+    Tap ``q`` of pixels ``j .. j + P - 1`` reads one contiguous chunk of ``_shared_chunk_rows``. The filter
     chunk repeats the tap's words P times, so lane ``l`` of the chunk counts pixel ``j + l // (8 / P)``.
     """
     pixels = WORDS_PER_CHUNK // g.filter_words
     chunks = (g.out_w + pixels - 1) // pixels
     blocks = int(w_blocked.shape[0])
-    # Columns read: those of the last chunk's pixels, even beyond out_w (their lanes are never summed).
-    xrows = _padded_rows(x, g, chunks * pixels + g.kernel_w - 1)
+    xrows, chunk_start = _shared_chunk_rows(x, g, chunks * pixels)
     p = te.reduce_axis((0, g.kernel_h), name="p")
     q = te.reduce_axis((0, g.kernel_w), name="q")
     k = te.reduce_axis((0, 1), name="k")  # one chunk per tap: the loop nest of ``halfwords``, so one schedule
 
     def lane_count(n, i, chunk, o, lane):
         word = k * WORDS_PER_CHUNK + lane // 2
-        xv = xrows[n, i * g.stride_h + p * g.dilation_h, (chunk * pixels + q) * g.filter_words + word]
+        xv = xrows[n, i * g.stride_h + p * g.dilation_h, chunk_start(chunk * pixels, q) + word]
         wv = w_blocked[o // CHANNEL_BLOCK, p, q, o % CHANNEL_BLOCK, word]
         return te.sum(_halfword_popcount(xv, wv, lane), axis=[p, q, k])
 
@@ -502,7 +499,7 @@ def _accumulate_quad_halves(x, w_blocked, g: Conv2dGeometry, shares_chunks: bool
     k = te.reduce_axis((0, 1 if shares_chunks else padded_words // WORDS_PER_CHUNK), name="k")
     u = te.reduce_axis((0, WORDS_PER_CHUNK // 2), name="u")
     if shares_chunks:
-        xrows = _padded_rows(x, g, columns * pixels + g.kernel_w - 1)
+        xrows, chunk_start = _shared_chunk_rows(x, g, columns * pixels)
     else:
         xpad = _padded_input(x, g, padded_words)
 
@@ -510,7 +507,7 @@ def _accumulate_quad_halves(x, w_blocked, g: Conv2dGeometry, shares_chunks: bool
         o = quad * QUAD_CHANNELS + lane // 2
         word = k * WORDS_PER_CHUNK + lane % 2 * 2 + u
         if shares_chunks:
-            xv = xrows[n, i * g.stride_h + p * g.dilation_h, (j * pixels + q) * g.filter_words + word]
+            xv = xrows[n, i * g.stride_h + p * g.dilation_h, chunk_start(j * pixels, q) + word]
         else:
             xv = xpad[n, i * g.stride_h + p * g.dilation_h, j * g.stride_w + q * g.dilation_w,
                       _group_offset(o, g, padded_words) + word]
@@ -562,18 +559,41 @@ def _accumulate_quad_words(x, w_blocked, g: Conv2dGeometry):
                                        name="bconv2d_quads", attrs={"schedule_rule": RULE}))
 
 
-def _padded_rows(x, g: Conv2dGeometry, width: int):
-    """The input padded spatially with zero words (+1) to ``width`` columns, each row flattened over
-    (column, word): [N, padded height, width * words]."""
-    words = g.filter_words
+def _shared_chunk_rows(x, g: Conv2dGeometry, pixels: int):
+    """The input padded spatially with zero words (+1), each row laid out so that any ``pixels`` consecutive
+    output pixels' words under one tap are contiguous: [N, padded height, flat], and ``chunk_start(j, q)``, the
+    flat offset of the words tap ``q`` of pixel ``j`` reads (those of pixels j, j + 1, ... follow).
 
+    Pixel ``j``'s tap ``q`` reads column ``c = j s + q d`` (stride s, dilation d along the width): the columns
+    are stored by phase ``c mod s``, then ``c // s``, then word, so pixels j and j + 1 read neighbours.
+    Columns read: those of the last chunk's pixels, even beyond out_w (their lanes are never used).
+    """
+    words, stride = g.filter_words, g.stride_w
+    width = (pixels - 1) * stride + (g.kernel_w - 1) * g.dilation_w + 1
+    per_phase = (width + stride - 1) // stride
+
+    # (Unit stride and dilation spelled without the phase arithmetic: the same kernels, so the same tuning
+    # records, as before strides shared chunks.)
     def padded(n, h, flat):
-        ih, iw = h - g.pad_top, flat // words - g.pad_left
+        if stride == 1:
+            column, word = flat // words, flat % words
+        else:
+            phase, rest = flat // (per_phase * words), flat % (per_phase * words)
+            column, word = rest // words * stride + phase, rest % words
+        ih, iw = h - g.pad_top, column - g.pad_left
         inside = tirx.all(ih >= 0, ih < g.in_h, iw >= 0, iw < g.in_w)
-        source = x[n, tirx.max(tirx.min(ih, g.in_h - 1), 0), tirx.max(tirx.min(iw, g.in_w - 1), 0), flat % words]
+        source = x[n, tirx.max(tirx.min(ih, g.in_h - 1), 0), tirx.max(tirx.min(iw, g.in_w - 1), 0), word]
         return tirx.if_then_else(inside, source, tirx.const(0, PACKED_DTYPE))
 
-    return te.compute((g.batch, g.in_h + g.pad_top + g.pad_bottom, width * words), padded, name="bconv2d_pad")
+    def chunk_start(j, q):
+        column = q * g.dilation_w if g.dilation_w > 1 else q
+        if stride == 1:
+            return (j + column) * words
+        return (column % stride * per_phase + j + column // stride) * words
+
+    rows = te.compute((g.batch, g.in_h + g.pad_top + g.pad_bottom, stride * per_phase * words), padded,
+                      name="bconv2d_pad")
+    return rows, chunk_start
 
 
 def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -1,16 +1,23 @@
-"""ARM (aarch64 NEON) schedule of binary conv2d, on the ``halfwords`` and ``pixel_halfwords`` accumulations.
+"""ARM NEON schedules of binary conv2d: the quad accumulations (aarch64) and the halfword ones (armv7, and the
+aarch64 layers the quads cannot take).
 
-The hot loop is the tensor intrinsic ``popcount_acc_1x8_u32u16_neon`` (eor,
-cnt, uadalp) over 128-bit chunks, on a register tile of ``col_tile`` chunks of
-output pixels x 4 output channels x 8 u16 lanes: the input chunk is loaded once
-per chunk and reused across the 4 channels, each filter chunk once per channel
-and reused across the chunks. A chunk holds one pixel (``halfwords``) or, for
-taps of 1 or 2 words, 4 or 2 consecutive pixels (``pixel_halfwords``): the loop
-nest is the same. Rows run in parallel.
+``quad_halves``, ``pixel_quad_halves`` and ``quad_words`` (aarch64): a register of 8 u16 lanes per pixel and 4
+output channels, as in LCE's BinaryKernelNeon8x4. Per 128-bit input chunk and 4 channels the intrinsic
+``popcount_acc_4x8_u32u16_neon`` does 4 eor + 4 cnt + 3 addp + 1 uadalp: the same 3 NEON instructions per 128
+binary MACs as one uadalp per channel (Cortex-A72's two NEON pipes bound both at 1.5 cycles), but a quarter of
+the accumulators, so the register tile reaches 7 columns x 8 channels and loads stay off the 3-wide dispatch,
+and a quarter of the lane sums (one uaddlp per 4 outputs instead of an uaddlv and a lane insert per output).
+Taps of one word broadcast the input word against 4 channels' words (``quad_words``). Knobs: the column tile
+[4, 7 or 2, whichever divides the width] and the tile of channel quads [2].
 
-Knobs (defaults in brackets): the column tile [4 or 2, whichever divides the
-width] and the channel tile [4]. Alternative design space for tuning: the lane
-loop vectorized by LLVM instead of tensorized [tensorized].
+``halfwords`` and ``pixel_halfwords``: the tensor intrinsic ``popcount_acc_1x8_u32u16_neon`` (eor, cnt,
+uadalp) over 128-bit chunks, on a register tile of ``col_tile`` chunks of output pixels x 4 output channels x
+8 u16 lanes. A chunk holds one pixel (``halfwords``) or, for taps of 1 or 2 words, 4 or 2 consecutive pixels
+(``pixel_halfwords``): the loop nest is the same. Knobs: the column tile [4 or 2, whichever divides the
+width] and the channel tile [4]. Alternative design space for tuning: the lane loop vectorized by LLVM
+instead of tensorized [tensorized].
+
+Rows run in parallel in both.
 """
 
 from __future__ import annotations
@@ -31,13 +38,10 @@ from ..generic._util import (
     sample_split,
 )
 from .intrin import (
-    LANE_SUM_2X4X4_NEON,
     POPCOUNT_ACC_QUAD_NEON,
     POPCOUNT_ACC_QUAD_WORD_NEON,
     QUAD_SPLIT_NEON,
     QUAD_SUM_NEON,
-    LANE_SUM_4X8_MAX_CHUNKS,
-    LANE_SUM_4X8_NEON,
     lane_sum_intrin,
     popcount_acc_intrin,
 )
@@ -67,7 +71,6 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     # Step 2: tile pixels x channels x lanes; rows parallel.
     # Knobs: the column tile and the channel tile (together, the register tile).
     n, h, w, o, lane, p, q, k = sch.get_loops(lanes)
-    chunks_per_lane = extent(sch, p) * extent(sch, q) * extent(sch, k)
     w_outer, w_inner = sample_column_tile(sch, w, COLUMN_TILES)
     o_outer, o_inner = sample_split(sch, o, CHANNEL_TILE, max_inner=MAX_CHANNEL_TILE)
     sch.reorder(n, h, w_outer, o_outer, p, q, k, w_inner, o_inner, lane)
@@ -94,48 +97,19 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.reverse_compute_at(accum, o_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(output, o_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    if not vectorized:  # the alternative leaves every loop to LLVM
-        _sum_lanes(sch, accum, chunks_per_lane)
+    lane_sum = lane_sum_intrin(tvm.target.Target.current(), extent(sch, sch.get_loops(accum)[-1]))
+    if lane_sum is not None and not vectorized:  # the alternative leaves every loop to LLVM
+        accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
+        sch.tensorize(sch.get_loops(accum)[-1], lane_sum)
+        sch.unroll(sch.get_loops(accum_init)[-1])
     if not _packed_output(sch, output):
         sch.vectorize(sch.get_loops(output)[-1])
     return sch
 
 
-def _sum_lanes(sch: s_tir.Schedule, accum, chunks_per_lane: int) -> None:
-    """Sum each output's u16 lanes into int32: 4 channels at a time by a pairwise tree where the channel tile
-    allows and the lanes' halves cannot overflow, else one ``uaddlv`` per output (none on armv7)."""
-    target = tvm.target.Target.current()
-    *_, pixel, channel, lane = sch.get_loops(accum)
-    lanes = extent(sch, lane)
-    tree = "aarch64" in str(target.attrs.get("mtriple", "")) and extent(sch, channel) % 4 == 0 \
-        and chunks_per_lane <= LANE_SUM_4X8_MAX_CHUNKS
-    if tree and lanes == 8:  # a pixel per chunk
-        _, channel = sch.split(channel, [None, 4])
-        accum_init = sch.decompose_reduction(accum, channel)
-        sch.tensorize(channel, LANE_SUM_4X8_NEON)
-        sch.vectorize(sch.get_loops(accum_init)[-1])
-        return
-    if tree and lanes == 4 and extent(sch, pixel) % 2 == 0:  # two pixels per chunk
-        _, pixel = sch.split(pixel, [None, 2])
-        channel_outer, channel = sch.split(channel, [None, 4])
-        sch.reorder(channel_outer, pixel, channel, lane)
-        accum_init = sch.decompose_reduction(accum, pixel)
-        sch.tensorize(pixel, LANE_SUM_2X4X4_NEON)
-        sch.vectorize(sch.get_loops(accum_init)[-1])
-        return
-    lane_sum = lane_sum_intrin(target, lanes)
-    if lane_sum is not None:
-        accum_init = sch.decompose_reduction(accum, lane)
-        sch.tensorize(lane, lane_sum)
-        sch.unroll(sch.get_loops(accum_init)[-1])
-
-
 @register(RULE, ("arm_cpu",))
 def schedule_bconv2d_neon_quads(sch: s_tir.Schedule, quads) -> s_tir.Schedule | None:
-    """The ``quad_halves`` and ``quad_words`` accumulations: a register of 8 u16 lanes per pixel and 4 output
-    channels.
-
-    Knobs: the column tile [4, 7 or 2, whichever divides the width] and the tile of 4-channel quads [2]."""
+    """The quad accumulations (``quad_halves``, ``pixel_quad_halves``, ``quad_words``): see the module."""
     if sch.get(quads).name_hint != "bconv2d_quads":
         return None
     blocks = blocks_by_name(sch)

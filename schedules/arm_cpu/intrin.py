@@ -1,12 +1,19 @@
-"""NEON tensor intrinsics: XOR-popcount-accumulate of one 128-bit chunk into 8 halfword lanes, and
-the sum of those lanes (``lane_sum_1x8_u16i32_neon``, or of 4 of them, ``lane_sum_1x4_u16i32_neon``:
-one ``uaddlv``).
+"""NEON tensor intrinsics of the binary convolutions and dense layers.
 
 ``popcount_acc_1x8_u32u16_neon`` computes, for the 4 packed words ``x`` and
 ``w`` of one chunk, ``acc[l] += popcount(halfword l of (x ^ w))`` for the 8
 halfwords ``l``: exactly ``eor`` + ``cnt`` (bytes) + ``uadalp`` (pairwise add
 of byte counts into the u16 lanes); on armv7 ``veor`` + ``vcnt`` + ``vpadal``.
-The lanes are summed into int32 after the reduction, and the compute bounds the
+Its lanes are summed by ``lane_sum_1x8_u16i32_neon`` (or 4 of them,
+``lane_sum_1x4_u16i32_neon``: one ``uaddlv``).
+
+``popcount_acc_4x8_u32u16_neon`` (and its one-word-tap form
+``popcount_acc_4x8_u32u16_broadcast_neon``) counts one input chunk against 4
+output channels' chunks into one register, lane ``2c + h`` holding channel
+``c``'s half ``h``; ``quad_sum_1x8_u16i32_neon`` and
+``quad_split_2x4_u16i32_neon`` turn such a register into int32 outputs.
+
+Lanes are summed into int32 after the reduction, and the computes bound the
 reduction so that they cannot overflow.
 """
 
@@ -19,30 +26,40 @@ POPCOUNT_ACC_NEON = "popcount_acc_1x8_u32u16_neon"
 POPCOUNT_ACC_NEON32 = "popcount_acc_1x8_u32u16_neon32"
 
 
-@T.prim_func(s_tir=True)
-def _desc(
-    x: T.Buffer((T.int64(4),), "int32", offset_factor=1),
-    w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
-    acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(acc[0:8], x[0:4], w[0:4])
-        T.writes(acc[0:8])
-        for lane in T.serial(T.int64(8)):
-            with T.sblock("update"):
-                v_lane = T.axis.remap("S", [lane])
-                acc[v_lane] = acc[v_lane] + T.Cast(
-                    "uint16",
-                    T.popcount(
-                        T.bitwise_and(
-                            T.shift_right(
-                                T.Cast("int64", T.bitwise_xor(x[v_lane // T.int64(2)], w[v_lane // T.int64(2)])),
-                                v_lane % T.int64(2) * T.int64(16),
-                            ),
-                            T.int64(65535),
-                        )
-                    ),
-                )
+def _halfword_desc(broadcast: bool):
+    """``acc[l] += popcount(halfword l % 2 of (x ^ w)[l // 2])`` over 8 lanes: the chunk's own 4 words (``x`` of 4
+    words), or one input word against 4 channels' words (``broadcast``: ``x`` of 1 word)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        x: T.Buffer((T.int64(1 if broadcast else 4),), "int32", offset_factor=1),
+        w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
+        acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(acc[0:8], x[0:(1 if broadcast else 4)], w[0:4])
+            T.writes(acc[0:8])
+            for lane in T.serial(T.int64(8)):
+                with T.sblock("update"):
+                    v_lane = T.axis.remap("S", [lane])
+                    acc[v_lane] = acc[v_lane] + T.Cast(
+                        "uint16",
+                        T.popcount(
+                            T.bitwise_and(
+                                T.shift_right(
+                                    T.Cast("int64", T.bitwise_xor(x[0 if broadcast else v_lane // T.int64(2)],
+                                                                  w[v_lane // T.int64(2)])),
+                                    v_lane % T.int64(2) * T.int64(16),
+                                ),
+                                T.int64(65535),
+                            )
+                        ),
+                    )
+
+    return desc
+
+
+_desc = _halfword_desc(broadcast=False)
 
 
 def _impl_with(pairwise_add_long: str, accumulates: bool):
@@ -118,89 +135,6 @@ for _lanes, _name in LANE_SUMS_NEON.items():
 def lane_sum_intrin(target, lanes: int = 8) -> str | None:
     """The intrinsic summing ``lanes`` u16 lanes for ``target``: aarch64 only (armv7 keeps the loop), 8 or 4 lanes."""
     return LANE_SUMS_NEON.get(lanes) if "aarch64" in str(target.attrs.get("mtriple", "")) else None
-
-
-LANE_SUM_4X8_NEON = "lane_sum_4x8_u16i32_neon"
-# Its first two additions stay in u16: half a channel's lanes (4) must sum below 2^16, each lane holding up
-# to 16 set bits per chunk accumulated into it.
-LANE_SUM_4X8_MAX_CHUNKS = (2**16 - 1) // (4 * 16)
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_4x8_desc(
-    lanes: T.Buffer((T.int64(4), T.int64(8)), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(4),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0:4], lanes[0:4, 0:8])
-        T.writes(out[0:4])
-        for channel, lane in T.grid(T.int64(4), T.int64(8)):
-            with T.sblock("update"):
-                v_channel, v_lane = T.axis.remap("SR", [channel, lane])
-                out[v_channel] = out[v_channel] + T.Cast("int32", lanes[v_channel, v_lane])
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_4x8_impl(
-    lanes: T.Buffer((T.int64(4), T.int64(8)), "uint16", offset_factor=1, scope="local"),
-    out: T.Buffer((T.int64(4),), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(out[0:4], lanes[0:4, 0:8])
-        T.writes(out[0:4])
-        pairs_01 = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16",
-                                           lanes.vload([0, 0], "uint16x8"), lanes.vload([1, 0], "uint16x8"))
-        pairs_23 = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16",
-                                           lanes.vload([2, 0], "uint16x8"), lanes.vload([3, 0], "uint16x8"))
-        halves = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", pairs_01, pairs_23)
-        out[T.ramp(T.int64(0), 1, 4)] = out[T.ramp(T.int64(0), 1, 4)] + T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", halves)
-
-
-# 4 channels' 8 u16 lanes into 4 int32 in 4 instructions (addp, addp, addp, uaddlp), a transposing pairwise
-# tree: per channel, uaddlv plus the lane insert that gathers 4 of them into a vector cost 4 micro-ops.
-TensorIntrin.register(LANE_SUM_4X8_NEON, _lane_sum_4x8_desc, _lane_sum_4x8_impl, override=True)
-
-
-LANE_SUM_2X4X4_NEON = "lane_sum_2x4x4_u16i32_neon"
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_2x4x4_desc(a: T.handle, b: T.handle) -> None:
-    lanes = T.match_buffer(a, (T.int64(4), T.int64(8)), "uint16", offset_factor=1, scope="local")
-    out = T.match_buffer(b, (T.int64(2), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
-    with T.sblock("root"):
-        T.reads(out[0:2, 0:4], lanes[0:4, 0:8])
-        T.writes(out[0:2, 0:4])
-        for pixel, channel, lane in T.grid(T.int64(2), T.int64(4), T.int64(4)):
-            with T.sblock("update"):
-                v_pixel, v_channel, v_lane = T.axis.remap("SSR", [pixel, channel, lane])
-                out[v_pixel, v_channel] = out[v_pixel, v_channel] + T.Cast(
-                    "int32", lanes[v_channel, v_pixel * T.int64(4) + v_lane])
-
-
-@T.prim_func(s_tir=True)
-def _lane_sum_2x4x4_impl(a: T.handle, b: T.handle) -> None:
-    lanes = T.match_buffer(a, (T.int64(4), T.int64(8)), "uint16", offset_factor=1, scope="local")
-    out = T.match_buffer(b, (T.int64(2), T.int64(4)), "int32", offset_factor=1, strides=[T.int64(), 1])
-    with T.sblock("root"):
-        T.reads(out[0:2, 0:4], lanes[0:4, 0:8])
-        T.writes(out[0:2, 0:4])
-        pairs_01 = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16",
-                                           lanes.vload([0, 0], "uint16x8"), lanes.vload([1, 0], "uint16x8"))
-        pairs_23 = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16",
-                                           lanes.vload([2, 0], "uint16x8"), lanes.vload([3, 0], "uint16x8"))
-        # [c0 p0, c0 p1, c1 p0, c1 p1, c2 p0, c2 p1, c3 p0, c3 p1]: even lanes are pixel 0's, odd pixel 1's (uzp)
-        sums = T.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", pairs_01, pairs_23)
-        out[0, T.ramp(T.int64(0), 1, 4)] = out[0, T.ramp(T.int64(0), 1, 4)] + T.Cast(
-            "int32x4", T.Shuffle([sums], [0, 2, 4, 6]))
-        out[1, T.ramp(T.int64(0), 1, 4)] = out[1, T.ramp(T.int64(0), 1, 4)] + T.Cast(
-            "int32x4", T.Shuffle([sums], [1, 3, 5, 7]))
-
-
-# Two pixels sharing each chunk (4 lanes each) x 4 channels into 8 int32: the tree of lane_sum_4x8, whose last
-# sums interleave the two pixels, split by one unzip each.
-TensorIntrin.register(LANE_SUM_2X4X4_NEON, _lane_sum_2x4x4_desc, _lane_sum_2x4x4_impl, override=True)
 
 
 POPCOUNT_ACC_QUAD_NEON = "popcount_acc_4x8_u32u16_neon"
@@ -319,32 +253,6 @@ POPCOUNT_ACC_QUAD_WORD_NEON = "popcount_acc_4x8_u32u16_broadcast_neon"
 
 
 @T.prim_func(s_tir=True)
-def _popcount_acc_quad_word_desc(
-    x: T.Buffer((T.int64(1),), "int32", offset_factor=1),
-    w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
-    acc: T.Buffer((T.int64(8),), "uint16", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(acc[0:8], x[0:1], w[0:4])
-        T.writes(acc[0:8])
-        for lane in T.serial(T.int64(8)):
-            with T.sblock("update"):
-                v_lane = T.axis.remap("S", [lane])
-                acc[v_lane] = acc[v_lane] + T.Cast(
-                    "uint16",
-                    T.popcount(
-                        T.bitwise_and(
-                            T.shift_right(
-                                T.Cast("int64", T.bitwise_xor(x[0], w[v_lane // T.int64(2)])),
-                                v_lane % T.int64(2) * T.int64(16),
-                            ),
-                            T.int64(65535),
-                        )
-                    ),
-                )
-
-
-@T.prim_func(s_tir=True)
 def _popcount_acc_quad_word_impl(
     x: T.Buffer((T.int64(1),), "int32", offset_factor=1),
     w: T.Buffer((T.int64(4),), "int32", offset_factor=1),
@@ -361,5 +269,5 @@ def _popcount_acc_quad_word_impl(
 
 # One input word (ld1r) against 4 output channels' words of a one-word tap: eor + cnt + uadalp into the lanes
 # of a quad register (lane 2c + h: halfword h of channel c), summed by quad_sum like quad_halves'.
-TensorIntrin.register(POPCOUNT_ACC_QUAD_WORD_NEON, _popcount_acc_quad_word_desc, _popcount_acc_quad_word_impl,
+TensorIntrin.register(POPCOUNT_ACC_QUAD_WORD_NEON, _halfword_desc(broadcast=True), _popcount_acc_quad_word_impl,
                       override=True)
