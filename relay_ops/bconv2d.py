@@ -224,10 +224,11 @@ def bconv2d_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) 
 def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
     """The filter OHWI in blocks of 32 output channels, zero beyond Cout.
 
-    ``words``, ``channel_halfwords`` and ``quad_words``: [block, kh, kw, word, channel]: channels contiguous, the vector lanes.
+    ``words``, ``channel_halfwords`` and ``quad_words``: [block, kh, kw, word, channel]: channels contiguous,
+    the vector lanes.
     ``halfwords``: [block, kh, kw, channel, word]: words contiguous and padded to whole 128-bit chunks.
-    ``pixel_halfwords``: [block, kh, kw, channel, 4]: a tap's 1 or 2 words repeated to fill the chunk, once
-    per pixel that shares it.
+    ``pixel_halfwords`` and ``pixel_quad_halves``: [block, kh, kw, channel, 4]: a tap's 1 or 2 words repeated
+    to fill the chunk, once per pixel that shares it. ``quad_halves`` as ``halfwords``.
     """
     channels_out, kernel_h, kernel_w, words = (int(d) for d in w.shape)
     blocks = (channels_out + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
@@ -254,10 +255,13 @@ def _round_up(n: int, multiple: int) -> int:
 def accumulation_for(target, g: Conv2dGeometry) -> str:
     """How ``target`` accumulates the popcounts of ``g``, when its u16 lanes cannot overflow.
 
-    On ARM (NEON popcount into u16 lanes of 128-bit chunks): ``pixel_halfwords`` where a tap has 1 or 2 words
-    (one group), so that 4 or 2 pixels share each chunk instead of padding it (see ``_shared_chunk_rows``); else ``halfwords``, a pixel's words
-    padded to whole chunks. On x86 with AVX2 but without a vector popcount instruction, for one group (the
-    channels of a register share the input word): ``channel_halfwords``, the byte counts of each output channel's
+    On aarch64 (NEON popcount into u16 lanes of 128-bit chunks, 4 output channels per register): ``quad_words``
+    for taps of one word; else, where a lane (64 bits per chunk) cannot overflow, ``quad_halves``, or
+    ``pixel_quad_halves`` for taps of 2 words, whose 2 pixels share each chunk (see ``_shared_chunk_rows``); all
+    three for one group only. Otherwise on ARM (armv7, and aarch64 where those do not apply) one register per
+    channel: ``pixel_halfwords`` where a tap has 1 or 2 words (one group), 4 or 2 pixels sharing each chunk,
+    else ``halfwords``, a pixel's words padded to whole chunks. On x86 with AVX2 but without a vector popcount
+    instruction, for one group (the channels of a register share the input word): ``channel_halfwords``, the byte counts of each output channel's
     word added pairwise into its two u16 lanes (VPSHUFB + VPMADDUBSW), summed once after the reduction instead
     of widened to int32 every word. Else ``words`` (int32 per word).
     """
@@ -272,13 +276,13 @@ def accumulation_for(target, g: Conv2dGeometry) -> str:
     chunks = _round_up(g.filter_words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
     if g.kernel_h * g.kernel_w * chunks * 16 > UINT16_MAX:
         return "words"
-    shares_chunks = g.filter_words in (1, 2) and g.groups == 1
-    aarch64 = "aarch64" in str(target.attrs.get("mtriple", ""))
-    if aarch64 and g.filter_words == 1 and g.groups == 1:
-        return "quad_words"
-    if aarch64 and g.kernel_h * g.kernel_w * chunks * QUAD_HALF_BITS <= UINT16_MAX and g.filter_words != 1:
-        return "pixel_quad_halves" if shares_chunks else "quad_halves"
-    return "pixel_halfwords" if shares_chunks else "halfwords"
+    one_group = g.groups == 1  # a quad's 4 channels read one input chunk, and 2 pixels' chunks one group's words
+    if one_group and "aarch64" in str(target.attrs.get("mtriple", "")):
+        if g.filter_words == 1:
+            return "quad_words"
+        if g.kernel_h * g.kernel_w * chunks * QUAD_HALF_BITS <= UINT16_MAX:
+            return "pixel_quad_halves" if g.filter_words == 2 else "quad_halves"
+    return "pixel_halfwords" if g.filter_words in (1, 2) and one_group else "halfwords"
 
 
 def zero_padding_correction_compute(w: te.Tensor, multiplier: te.Tensor, attrs: dict, in_h: int, in_w: int):

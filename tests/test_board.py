@@ -40,6 +40,18 @@ def test_board_is_bitexact_with_host(case, emulated_board, build_and_load, tmp_p
     np.testing.assert_array_equal(remote, zoo.lce_interpreter(path).predict(x))
 
 
+@pytest.mark.parametrize("case", [zoo.ConvCase("groups2-stride2", channels_in=128, channels_out=6, groups=2, strides=2),
+                                  zoo.ConvCase("channels64-dilation2", channels_in=64, channels_out=40, dilation=2,
+                                               size=11)], ids=lambda c: c.name)
+def test_chunks_shared_across_strides_are_bitexact_with_host(case, emulated_board, build_and_load, tmp_path):
+    """Two groups of 3 output channels at stride 2 (no quad of 4 channels within a group: a register per channel),
+    and 2 pixels sharing chunks at dilation 2 (quad registers). LCE refuses grouped convolutions: the host's
+    build, on other kernels entirely, is the reference."""
+    path = zoo.cached_tflite(case)
+    x = input_for(case)
+    np.testing.assert_array_equal(on_board(path, emulated_board, tmp_path, case.name)(x), build_and_load(path)(x))
+
+
 def test_quicknet_small_on_board_matches_lce(emulated_board, tmp_path):
     case = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)  # test_zoo's model
     path = zoo.cached_tflite(case, builder=zoo.keras_logits_model)

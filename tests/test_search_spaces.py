@@ -58,7 +58,7 @@ def _bconv2d(groups=1):
 
 
 def _grouped_bconv2d():
-    """Two groups of one-word taps: on aarch64 the pixel_halfwords accumulation (quad_words needs one group)."""
+    """Two groups: on aarch64 the halfwords accumulation (the quad accumulations need one group)."""
     return _bconv2d(groups=2)
 
 
