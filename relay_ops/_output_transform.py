@@ -240,22 +240,21 @@ def scaled_output_compute(accum: te.Tensor, multiplier: te.Tensor, bias: te.Tens
     # The term never leaves this range (accum counts at most K bits; with zero padding, dot is still the dot
     # product of K values of +-1 or 0): a bound of the activation outside it needs no instruction.
     reach = (-depth, depth) if formula == "dot" else (0, 2 * depth)
-
-    binding = [bound for bound, binds in ((high, high < reach[1]), (low, low > reach[0])) if binds]
+    clamps_high, clamps_low = high < reach[1], low > reach[0]
     # LCE's float(2 a) * m is float(a) * (2 m) exactly (doubling is exact in binary floating point: the two
     # products are one real number, rounded once), and clamping 2a to even bounds is clamping a to half of them:
     # one integer doubling per output less.
-    halved = formula == "lce" and all(bound % 2 == 0 for bound in binding)
+    halved = formula == "lce" and (not clamps_high or high % 2 == 0) and (not clamps_low or low % 2 == 0)
+    divisor = 2 if halved else 1
 
     def transform(*index):
         o = index[-1]
-        term = depth - accum[index] * 2 if formula == "dot" else accum[index] * (1 if halved else 2)
+        term = depth - accum[index] * 2 if formula == "dot" else accum[index] * (2 // divisor)
         if formula == "dot" and correction is not None:
             term = term - correction(index)
-        divisor = 2 if halved else 1
-        if high < reach[1]:
+        if clamps_high:
             term = tirx.min(term, high // divisor)
-        if low > reach[0]:
+        if clamps_low:
             term = tirx.max(term, low // divisor)
         scale = multiplier[o] * tirx.const(2.0, "float32") if halved else multiplier[o]
         y = no_fma(term.astype("float32") * scale) + bias[o]
