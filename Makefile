@@ -5,15 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The exact version of every Python package, host and board (bnn_tvm/lock.py); `make lock` regenerates it.
-LOCK := requirements.lock
+LOCK := bnn_tvm/requirements.lock
 # Debian packages the project uses: C++ compilers that link the .so files (host and cross), qemu for the
 # emulated ARM board (whose arm64 packages apt-get downloads: it needs the arm64 architecture), and for
-# ARM profiles the dynamic qemu-user (which loads plugins) and llvm (llvm-mca).
+# ARM profiles the dynamic qemu-user (which loads plugins; gcc builds the plugin on first use) and llvm (llvm-mca).
 DEB_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user-static qemu-user llvm
-# The instruction-counting QEMU plugin behind `bnn-tvm profile` (bnn_tvm/armprofile).
-PLUGIN := build/libinsn_count.so
 
-.PHONY: demo test fuzz system-packages venv lock plugin clean
+.PHONY: demo test fuzz system-packages venv lock clean
 
 demo: venv
 	$(PY) benchmarks/demo.py
@@ -28,13 +26,7 @@ FUZZ_SEED ?= 0
 fuzz: venv
 	$(PY) -m tests.fuzzing --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --json fuzz-$(FUZZ_SEED).json
 
-venv: system-packages $(STAMP) $(PLUGIN)
-
-plugin: $(PLUGIN)
-
-$(PLUGIN): bnn_tvm/armprofile/insn_count.c
-	mkdir -p $(dir $@)
-	gcc -O2 -Wall -Wextra -Wno-unused-parameter -shared -fPIC -o $@ $<
+venv: system-packages $(STAMP)
 
 system-packages:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -63,4 +55,4 @@ lock:
 	$(PYTHON) bnn_tvm/lock.py
 
 clean:
-	rm -rf $(VENV) build tests/fixtures/cache
+	rm -rf $(VENV) build dist *.egg-info

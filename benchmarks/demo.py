@@ -14,6 +14,7 @@ LCE converter), checked against Keras's model.predict.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up lines are not the demo
 
 import bnn_tvm  # noqa: E402
 from bnn_tvm import zoo  # noqa: E402

@@ -292,17 +292,13 @@ def compile_peak_program(cache: Path | None = None) -> Path:
     source = PEAK_SOURCE.read_bytes()
     machine = machine_info()
     key = hashlib.sha256(source + json.dumps([machine["cpu"], machine["flags"], compiler]).encode()).hexdigest()[:16]
-    from .zoo import CACHE_DIR
+    from .cache import build_once, cache_dir
 
-    cache = cache or CACHE_DIR / "programs"  # beside bundle.py's runners
-    program = cache / f"bench_peak-{key}"
-    if not program.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = program.with_suffix(f".{os.getpid()}.partial")
+    def build(partial: Path) -> None:
         subprocess.run([compiler, "-O3", "-march=native", "-o", str(partial), str(PEAK_SOURCE)], check=True,
                        capture_output=True)
-        os.replace(partial, program)
-    return program
+
+    return build_once((cache or cache_dir() / "programs") / f"bench_peak-{key}", build)
 
 
 def machine_info() -> dict:

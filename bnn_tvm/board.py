@@ -23,11 +23,12 @@ import time
 import zipfile
 from pathlib import Path
 
+from .cache import board_cache_dir
 from .lock import BOARD_PACKAGES, LOCK_FILE, pinned
 
 STATE_DIR = Path(os.environ.get("BNN_TVM_STATE", f"/tmp/bnn-tvm-{os.getuid()}"))
 # Holds one folder per emulated board, named by a hash of what it is built from (see board_folder).
-BOARD_CACHE = Path(os.environ.get("BNN_TVM_BOARD_CACHE", Path.home() / ".cache" / "bnn-tvm" / "boards"))
+BOARD_CACHE = board_cache_dir()
 QEMU = "qemu-aarch64-static"
 PYTHON = "python3.11"
 # arm64 Debian packages that make a working CPython 3.11 with the libraries TVM's runtime loads.

@@ -10,6 +10,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from . import relay_ops  # noqa: F401  (registers relax.bnn.*)
 from . import targets as _targets
 from .schedule_pass import apply_default_schedules
 

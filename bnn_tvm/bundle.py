@@ -11,7 +11,7 @@ Copying the folder to a device with a C/C++ runtime (glibc, libstdc++) is the wh
 
 The runtime libraries of an aarch64 target come from the emulated board's site-packages (``board.py``),
 which installs the same locked wheels a Raspberry Pi does. The runner is built once per target and cached
-under ``zoo.CACHE_DIR``, keyed by the sources, the compiler and the runtime libraries.
+in the user's cache (``bnn_tvm.cache``), keyed by the sources, the compiler and the runtime libraries.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import build_once, cache_dir
 from .targets import AARCH64_TRIPLE, TargetPreset, presets
 
-RUNNER_DIR = Path(__file__).resolve().parent.parent / "runner"
+RUNNER_DIR = Path(__file__).with_name("runner")
 RUNNER_SOURCE = RUNNER_DIR / "bnn_run.cc"
 EMBED_SOURCE = RUNNER_DIR / "embed_example.cc"
 RUNNER = "bnn-run"
@@ -145,8 +146,6 @@ def _mb(size: int) -> str:
 
 def runner_executable(where: BundleTarget) -> Path:
     """``bnn-run`` built for the target, once: cached by its source, the compiler and the runtime libraries."""
-    from .zoo import CACHE_DIR
-
     if shutil.which(where.compiler) is None:
         raise BundleError(f"{where.compiler} is missing: apt-get install {debian_compiler_package(where.compiler)}")
     version = subprocess.run([where.compiler, "--version"], capture_output=True, text=True).stdout
@@ -155,21 +154,18 @@ def runner_executable(where: BundleTarget) -> Path:
         digest.update((where.site_packages / library).read_bytes())
     for header in sorted((where.site_packages / HEADERS).rglob("*.h")):
         digest.update(header.read_bytes())
-    program = CACHE_DIR / "runners" / f"{RUNNER}-{ELF_MACHINES[where.machine]}-{digest.hexdigest()[:16]}"
-    if program.exists():
-        return program
-    program.parent.mkdir(parents=True, exist_ok=True)
-    partial = program.with_name(f"{program.name}.{os.getpid()}.partial")
     library_dirs = sorted({str((where.site_packages / library).parent) for library in RUNTIME_LIBRARIES})
-    argv = [where.compiler, "-std=c++17", "-O2", str(RUNNER_SOURCE), "-o", str(partial),
-            f"-I{where.site_packages / HEADERS}", *(f"-L{d}" for d in library_dirs),
-            *(f"-Wl,-rpath-link,{d}" for d in library_dirs), *LINK_FLAGS]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise BundleError(f"building {RUNNER} with {where.compiler} failed:\n{done.stderr[-3000:]}")
-    os.replace(partial, program)
-    return program
+
+    def build(partial: Path) -> None:
+        argv = [where.compiler, "-std=c++17", "-O2", str(RUNNER_SOURCE), "-o", str(partial),
+                f"-I{where.site_packages / HEADERS}", *(f"-L{d}" for d in library_dirs),
+                *(f"-Wl,-rpath-link,{d}" for d in library_dirs), *LINK_FLAGS]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BundleError(f"building {RUNNER} with {where.compiler} failed:\n{done.stderr[-3000:]}")
+
+    name = f"{RUNNER}-{ELF_MACHINES[where.machine]}-{digest.hexdigest()[:16]}"
+    return build_once(cache_dir() / "runners" / name, build)
 
 
 def debian_compiler_package(compiler: str) -> str:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 
 def _compile(args) -> int:
@@ -115,6 +114,8 @@ def _tune(args) -> int:
 
 
 def _run(args) -> int:
+    import numpy as np
+
     from .runtime import load, load_remote, median_ms
 
     if not _rpc_flags_paired(args):
@@ -218,7 +219,9 @@ def _board(args) -> int:
     return 0
 
 
-def _random_input(shape, dtype, seed: int) -> np.ndarray:
+def _random_input(shape, dtype, seed: int):
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     if np.dtype(dtype).kind == "i":
         info = np.iinfo(dtype)
@@ -389,6 +392,10 @@ def _error_line(err: BaseException, args) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # TensorFlow's start-up lines (oneDNN, CUDA, TensorRT) around the one line that matters; a level the user
+        # exported wins. This is the CLI's own process: the library never sets it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - every failure ends in one line, a traceback only for bugs

@@ -1,6 +1,7 @@
 """The lock: the one exact version of every Python package bnn-tvm installs, on the host and on the board.
 
-``requirements.lock`` (beside ``pyproject.toml``) is a pip requirements file of ``name==version`` lines,
+``bnn_tvm/requirements.lock`` (package data: the emulated board and the bundle of an installed bnn-tvm read it) is a
+pip requirements file of ``name==version`` lines,
 resolved from ``pyproject.toml``'s ranges with every extra, for CPython 3.11 on linux x86-64. ``make``
 installs exactly it (``pip install --no-deps``: a package missing from the lock fails the install
 instead of being fetched unpinned); the emulated board downloads its aarch64 wheels at the same
@@ -22,8 +23,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCK_FILE = ROOT / "requirements.lock"
+LOCK_FILE = Path(__file__).with_name("requirements.lock")
 # The installers are locked too: the venv's pip, and the setuptools and wheel that build the editable
 # install (pip's build isolation would fetch them unpinned).
 INSTALLERS = ("pip", "setuptools", "wheel")
@@ -46,7 +46,7 @@ def normalize(name: str) -> str:
 def read_lock(path: Path = LOCK_FILE) -> dict[str, str]:
     """{normalized name: exact version} of every package in the lock."""
     if not path.is_file():
-        raise LockError(f"{path}: no lock file (run `make lock` in the bnn-tvm repository to create it)")
+        raise LockError(f"{path}: no lock file (an installed bnn-tvm ships it; in a clone, `make lock` makes it)")
     pins = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -68,7 +68,7 @@ def pinned(names, path: Path = LOCK_FILE) -> list[str]:
     return [f"{normalize(name)}=={pins[normalize(name)]}" for name in names]
 
 
-def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+def requirements(pyproject: Path = Path(__file__).resolve().parent.parent / "pyproject.toml") -> list[str]:
     """pyproject.toml's dependencies with every extra's, as written there (ranges)."""
     project = tomllib.loads(pyproject.read_text())["project"]
     return [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]

@@ -1,15 +1,15 @@
-"""The pre-tuned databases bnn-tvm ships in ``tune_logs/``, one per device class, as TVM's TopHub did for AutoTVM.
+"""The pre-tuned databases bnn-tvm ships in ``bnn_tvm/tune_logs/``, one per device class, as TVM's TopHub did for AutoTVM.
 
 ``compile`` applies the database of the target's preset unless told not to (``pretuned=False``,
 ``--no-pretuned``); a user's own records (``tuning_records``) are applied first and take precedence. A
 database holds one record per kernel (workload): the best one of every tuning run merged into it
 (``merge_best``). Records are keyed by the kernel's structure, not by the model, so a database made on
-QuickNet serves every model with kernels of the same shapes. ``tune_logs/README.md`` says how each was made.
+QuickNet serves every model with kernels of the same shapes. ``bnn_tvm/tune_logs/README.md`` says how each was made.
 
 Remake or extend one::
 
     bnn-tvm tune MODEL --target rpi4 --only-binary --trials 12 --log /tmp/run
-    python -m bnn_tvm.pretuned tune_logs/rpi4-a72-cycles /tmp/run --only-binary
+    python -m bnn_tvm.pretuned bnn_tvm/tune_logs/rpi4-a72-cycles /tmp/run --only-binary
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tvm.s_tir import meta_schedule as ms
 from .schedule_pass import is_binary_task
 from .tuning import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, mean_seconds
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tune_logs"
+# Package data: in the wheel, and in the source tree for a development install.
+SHIPPED_DIR = Path(__file__).with_name("tune_logs")
 
 # Preset -> database folder. Presets that generate the same code for the same core share one: the generic
 # aarch64 build is profiled on the Raspberry Pi 4's Cortex-A72, android-arm64 is the Raspberry Pi 5's A76 class.
@@ -78,7 +79,7 @@ def merge_best(destination: str | Path, *sources: str | Path, only_binary: bool 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bnn_tvm.pretuned", description=merge_best.__doc__.split("\n\n")[0])
-    parser.add_argument("destination", help="the database folder to create or extend (e.g. tune_logs/rpi4-a72-cycles)")
+    parser.add_argument("destination", help="the database folder to create or extend (e.g. bnn_tvm/tune_logs/rpi4-a72-cycles)")
     parser.add_argument("sources", nargs="+", help="folders written by `bnn-tvm tune`")
     parser.add_argument("--only-binary", action="store_true", help="keep the binary kernels' records only")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -141,7 +142,7 @@ def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModel:
         If ``path`` is not a complete shared library for this machine (see ``check_library``).
     """
     path = check_library(path)
-    if threads is not None:
+    if threads is not None or not _pool_configured:
         set_threads(threads)
     return CompiledModel(tvm.runtime.load_module(os.fspath(path)))
 
@@ -191,29 +192,45 @@ def physical_cores() -> int:
     return max(len(cores), 1)
 
 
-# Set before TVM's thread pool exists (it is made on the first parallel kernel and never resized beyond its
-# first size): one worker per physical core, and no pinning, which in TVM's default configuration binds the
-# calling thread to CPU 0 and with it every thread that LCE, TFLite or numpy start afterwards in this process.
-# A value the user exported wins.
-os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
-os.environ.setdefault("TVM_BIND_THREADS", "0")
+# What TVM reads from the environment when it makes or reconfigures its thread pool: the pool's size, fixed for
+# the process once made (TVM's default, half the logical CPUs on x86, assumes two hyper-threads per core), and
+# whether to pin threads, which in TVM's default configuration binds the calling thread to CPU 0 and with it
+# every thread that LCE, TFLite or numpy start afterwards in this process. bnn-tvm sets them for its own calls
+# only (a value the user exported wins) and restores the caller's environment afterwards.
+def _pool_environment() -> dict[str, str]:
+    return {"TVM_NUM_THREADS": str(physical_cores()), "TVM_BIND_THREADS": "0"}
+
+
+@contextlib.contextmanager
+def _defaults_in_environment(defaults: dict[str, str]):
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+_pool_configured = False
 
 
 def set_threads(n: int | None = None) -> int:
     """Run TVM kernels on ``n`` threads (default: one per physical core); returns the number in use.
 
-    TVM makes its pool once per process, on the first parallel kernel or this call, and never resizes it: called
-    before that, this makes a pool of ``n`` workers; afterwards at most the pool's size is used, and workers left
-    idle still take CPU time now and then, so a process that wants fewer threads says so before its first run
+    TVM's thread pool is one per process (per calling thread, strictly), made on the first parallel kernel or
+    this call with one worker per physical core, and never resized: ``n`` above that uses them all, and idle
+    workers still take CPU time now and then, so a process that wants fewer threads says so before its first run
     (``load(path, threads=n)``). The workers may run on every CPU this process may use.
     """
+    global _pool_configured
     n = physical_cores() if n is None else n
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
-    # The CPU list sizes a new pool (TVM's SetMaxConcurrency); it binds threads only where TVM_BIND_THREADS
-    # allows, which by default (above) it does not.
-    cpus = sorted(os.sched_getaffinity(0))[:n]
-    tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, n, [str(c) for c in cpus])
+    cpus = sorted(os.sched_getaffinity(0))[:n]  # sizes the worker set; binds nothing (TVM_BIND_THREADS=0)
+    with _defaults_in_environment(_pool_environment()):
+        tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, n, [str(c) for c in cpus])
+    _pool_configured = True
     return threads()
 
 

@@ -18,11 +18,13 @@ applies the best ones.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
 import os
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -38,6 +40,7 @@ from . import strategies
 from . import targets as _targets
 from .board import BoardError, parse_address, registered_boards
 from .build import import_model, legalize
+from .runtime import physical_cores
 from .schedule_pass import is_binary_task
 
 # Building a candidate on 2 cores can take a while; a board over qemu even longer to run it.
@@ -66,6 +69,15 @@ def _plain_json(obj):
 
 def _json_line(obj) -> str:
     return json.dumps(_plain_json(obj), separators=(",", ":"), sort_keys=True)
+
+
+def _compact_workload(value) -> list:
+    """A workload line (``[structural hash, base64(uint64 length + the module's JSON)]``) with the module's JSON
+    re-encoded without the indentation TVM's SaveJSON writes: the same module in half the bytes."""
+    structural_hash, encoded = _plain_json(value)
+    module_json = json.loads(base64.b64decode(encoded)[8:])
+    compact = json.dumps(module_json, separators=(",", ":")).encode()
+    return [structural_hash, base64.b64encode(struct.pack("<Q", len(compact)) + compact).decode()]
 
 
 def _write_atomically(path: Path, lines: list[str]) -> None:
@@ -144,7 +156,7 @@ class AtomicJSONDatabase(ms.database.PyDatabase):
             by_line[number] = workload
             if not any(workload.same_as(known) for known in self._workloads):
                 self._workloads.append(workload)
-                self._workload_lines.append(_json_line(value))
+                self._workload_lines.append(_json_line(_compact_workload(value)))
         # Record lines index the workload file's lines (0-based); map them through the lines kept.
         index_of_line = {number - 1: workload for number, workload in by_line.items()}
         for number, value in _read_lines(self.path_tuning_record):
@@ -172,7 +184,7 @@ class AtomicJSONDatabase(ms.database.PyDatabase):
         workload = self._memory.commit_workload(mod)
         if not any(workload.same_as(known) for known in self._workloads):
             self._workloads.append(workload)
-            self._workload_lines.append(_json_line(workload.as_json()))
+            self._workload_lines.append(_json_line(_compact_workload(workload.as_json())))
             _write_atomically(self.path_workload, self._workload_lines)
         return workload
 
@@ -321,8 +333,9 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
         if self.deadline is not None and time.monotonic() > self.deadline and not self.out_of_time:
             self.out_of_time = True
             self.say(f"time budget reached after {_minutes(elapsed)}: ending the run after the batches in flight")
+            # A task whose trials are all done is ended by the scheduler itself once this returns (twice fails).
             for task in range(len(self.names)):
-                if not task_scheduler.tasks_[task].is_terminated:
+                if not task_scheduler.tasks_[task].is_terminated and self.done[task] < self.budget:
                     task_scheduler.terminate_task(task)
 
     def close(self) -> None:
@@ -532,6 +545,8 @@ def tune(
     ``say`` hears a table of each kernel's default and best time.
     """
     tvm_target, preset = _targets.resolve(target)
+    if "num-cores" not in tvm_target.attrs:  # MetaSchedule requires it; an x86 preset is tuned on this machine
+        tvm_target = tvm.target.Target({**tvm_target.export(), "num-cores": physical_cores()})
     if bool(rpc_tracker) != bool(rpc_key):
         raise ValueError("rpc_tracker and rpc_key go together")
     emulated = preset is not None and not preset.runnable_here and not rpc_tracker

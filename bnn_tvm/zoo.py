@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_dir
+
 # larq and LCE's converter need Keras 2; this must be set before TensorFlow is imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-CACHE_DIR = Path(os.environ.get("BNN_TVM_CACHE", Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "cache"))
+CACHE_DIR = cache_dir() / "models"
 RECIPE_VERSION = 2  # bump when the way models are built changes
 
 

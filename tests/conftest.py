@@ -1,4 +1,8 @@
 import itertools
+import os
+
+# TensorFlow's start-up lines (CUDA, oneDNN) are noise in test output; set before any test imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import pytest

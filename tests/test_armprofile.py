@@ -143,7 +143,7 @@ def test_cli_errors_name_the_problem(tmp_path, rpi4_so):
         return subprocess.run([sys.executable, "-m", "bnn_tvm.cli", "profile", *args], capture_output=True,
                               text=True, timeout=600)
 
-    x86_so = armprofile.PLUGIN  # a shared library, for x86-64
+    x86_so = armprofile.plugin_library()  # a shared library, for x86-64
     for args, message in [((str(tmp_path / "missing.so"),), "no such file"),
                           ((str(x86_so),), "not an aarch64 shared library"),
                           ((str(rpi4_so), "--target", "host"), "not an emulated aarch64 preset"),

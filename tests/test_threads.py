@@ -22,6 +22,7 @@ CASE = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)
 # TVM_THREAD_POOL_SPIN_COUNT=0 makes them sleep at once, so CPU time counts work only.
 _PROBE = """
 import json, os, sys, time
+environment_before = dict(os.environ)
 import numpy as np
 import bnn_tvm
 from bnn_tvm.runtime import set_threads
@@ -41,8 +42,10 @@ def cpu_over_wall():
 default = {"threads": model.threads(), "cpu_over_wall": cpu_over_wall()}
 set_threads(1)
 one = {"threads": model.threads(), "cpu_over_wall": cpu_over_wall()}
+changed = sorted(name for name in environment_before.keys() | os.environ.keys()
+                 if environment_before.get(name) != os.environ.get(name))
 print(json.dumps({"default": default, "one": one, "affinity_before": affinity_before,
-                  "affinity_after": sorted(os.sched_getaffinity(0))}))
+                  "affinity_after": sorted(os.sched_getaffinity(0)), "environment_changed": changed}))
 """
 
 
@@ -53,7 +56,7 @@ def quicknet_small_so(tmp_path_factory):
     return so
 
 
-def test_a_loaded_model_uses_every_physical_core_and_pins_nothing(quicknet_small_so):
+def test_a_loaded_model_uses_every_physical_core_pins_nothing_and_leaves_the_environment(quicknet_small_so):
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_BIND_THREADS")}
     env["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
     done = subprocess.run([sys.executable, "-c", _PROBE, str(quicknet_small_so)], capture_output=True, text=True,
@@ -64,6 +67,8 @@ def test_a_loaded_model_uses_every_physical_core_and_pins_nothing(quicknet_small
     assert probe["one"]["threads"] == 1
     # TVM's default configuration bound the process to CPU 0, and every engine's threads with it.
     assert probe["affinity_after"] == probe["affinity_before"]
+    # The pool's settings are TVM's to read while bnn-tvm makes the pool, not the caller's to inherit.
+    assert probe["environment_changed"] == []
     if physical_cores() < 2:
         pytest.skip("one physical core: nothing to run in parallel")
     # Two threads at work give ~2 (measured 1.5-2.0 on this 2-core machine); one ~1.0. Between the two thresholds

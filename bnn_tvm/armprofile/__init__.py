@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import hashlib
 import json
 import os
 import re
@@ -28,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import board
-from ..lock import ROOT
+from ..cache import build_once, cache_dir
 from ..targets import presets
 
-PLUGIN = ROOT / "build" / "libinsn_count.so"
+PLUGIN_SOURCE = Path(__file__).with_name("insn_count.c")
 GUEST = Path(__file__).with_name("guest.py")
 QEMU = "qemu-aarch64"
 OBJDUMP, NM, LLVM_MCA = "aarch64-linux-gnu-objdump", "aarch64-linux-gnu-nm", "llvm-mca"
@@ -171,8 +172,26 @@ def _check_tools() -> None:
     if missing:
         raise ProfileError(f"{', '.join(missing)} missing: apt-get install qemu-user llvm binutils-aarch64-linux-gnu "
                            "(make installs them)")
-    if not PLUGIN.is_file():
-        raise ProfileError(f"{PLUGIN} missing: build it with `make plugin`")
+
+
+def plugin_library() -> Path:
+    """``insn_count.c`` compiled for this machine's qemu on first use, into the user's cache (keyed by the source
+    and the compiler)."""
+    compiler = os.environ.get("CC", "gcc")
+    if shutil.which(compiler) is None:
+        raise ProfileError(f"{compiler} missing: the instruction counter is a QEMU plugin built on first use with "
+                           "the system C compiler: apt-get install gcc (or set CC)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(PLUGIN_SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
+
+    def build(partial: Path) -> None:
+        done = subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-shared", "-fPIC",
+                               "-o", str(partial), str(PLUGIN_SOURCE)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ProfileError(f"building the QEMU plugin {PLUGIN_SOURCE} with {compiler} failed:\n"
+                               f"{done.stderr[-3000:]}")
+
+    return build_once(cache_dir() / "plugins" / f"insn_count-{key}.so", build)
 
 
 def _profile(kind, model, target, core, clock, threads, folder) -> ArmProfile:
@@ -248,7 +267,7 @@ def _count(kind, model, core, threads, runs, folder, prefix) -> dict:
     env = {**os.environ, "PYTHONPATH": str(folder / "site"), "TVM_USE_RUNTIME_LIB": "1",
            "TVM_NUM_THREADS": str(threads), "TVM_BIND_THREADS": "0", "OMP_NUM_THREADS": str(threads),
            "PYTHONHASHSEED": "0"}
-    plugin = f"{PLUGIN},out={prefix}.counts" + (",per_vcpu=1" if threads > 1 else "")
+    plugin = f"{plugin_library()},out={prefix}.counts" + (",per_vcpu=1" if threads > 1 else "")
     argv = [QEMU, "-cpu", core, "-L", str(sysroot), "-plugin", plugin, str(sysroot / "usr/bin/python3.11"),
             str(GUEST), kind, str(model), str(threads), str(runs), f"{prefix}.calls", f"{prefix}.maps"]
     try:
