@@ -38,6 +38,28 @@ def test_help(command):
     assert done.returncode == 0 and "usage: bnn-tvm" in done.stdout
 
 
+# What `bnn-tvm --help`, an argument error and `import bnn_tvm` load: nothing heavy (TVM alone takes ~3 s to import).
+_IMPORTS_PROBE = """
+import os, sys
+environment = dict(os.environ)
+import bnn_tvm
+from bnn_tvm import cli
+for argv in (["--help"], ["compile", "--help"], ["run"]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tvm", "tvm_ffi", "numpy", "tensorflow", "xgboost"))
+print(heavy, os.environ == environment)
+"""
+
+
+def test_help_and_argument_errors_import_no_tvm_and_the_package_changes_no_environment():
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[] True", done.stdout
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     model = zoo.cached_tflite(CASE)
     done = bnn_tvm("compile", str(model), "--target", "pdp11", "-o", str(tmp_path / "m.so"))

@@ -51,7 +51,7 @@ def schedule_matmul_columns(sch: s_tir.Schedule, block) -> s_tir.Schedule | None
     # Step 2: the tile's accumulators in registers, zeroed before and stored after the reduction.
     # (Vectorized before the reduction is split off its init, as vectorize wants.)
     accumulators = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulators, rows)
+    sch.reverse_compute_at(accumulators, rows, preserve_unit_loops=True)  # a loop count the knobs cannot change
     sch.vectorize(inner)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
