@@ -71,10 +71,11 @@ def test_a_loaded_model_uses_every_physical_core_pins_nothing_and_leaves_the_env
     assert probe["environment_changed"] == []
     if physical_cores() < 2:
         pytest.skip("one physical core: nothing to run in parallel")
-    # Two threads at work give ~2 (measured 1.5-2.0 on this 2-core machine); one ~1.0. Between the two thresholds
-    # lie the wake-ups and the serial kernels of a small model.
-    assert probe["default"]["cpu_over_wall"] >= 1.3, probe
-    assert probe["one"]["cpu_over_wall"] <= 1.15, probe
+    # Two threads at work give more than one (measured 1.5-2.0 on a 2-core AMD EPYC, 1.25-1.28 on a 2-vCPU Xeon
+    # that runs this small model's kernels in ~0.1 ms each, so wake-ups and its serial kernels weigh more); one
+    # thread, or a pool pinned to one CPU, gives at most 1.0 (measured 0.9998-1.0000 on both).
+    assert probe["default"]["cpu_over_wall"] >= 1.15, probe
+    assert probe["one"]["cpu_over_wall"] <= 1.05, probe
 
 
 def test_set_threads_rejects_nonsense():
