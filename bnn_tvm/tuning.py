@@ -156,7 +156,7 @@ class AtomicJSONDatabase(ms.database.PyDatabase):
             by_line[number] = workload
             if not any(workload.same_as(known) for known in self._workloads):
                 self._workloads.append(workload)
-                self._workload_lines.append(_json_line(_compact_workload(value)))
+                self._workload_lines.append(_json_line(value))  # as written: compacting is the writer's job
         # Record lines index the workload file's lines (0-based); map them through the lines kept.
         index_of_line = {number - 1: workload for number, workload in by_line.items()}
         for number, value in _read_lines(self.path_tuning_record):
