@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from tvm import relax
 from . import relay_ops  # noqa: F401  (registers relax.bnn.*)
 from . import targets as _targets
 from .schedule_pass import apply_default_schedules
+from .signature import SIGNATURE_FUNCTION, Signature
 
 
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -81,6 +81,7 @@ def load_model(model, input_shapes=None, trust_model_code: bool = False) -> tvm.
                                  input_shapes, where, fixed_reason="a .tflite model has its shapes baked in: "
                                  "convert it again at the shape you want (or compile the Keras model)")
         return mod
+    _require_keras_extra(model)
     if isinstance(model, (str, os.PathLike)) and (Path(model) / "saved_model.pb").is_file():
         from .frontend.saved_model import from_saved_model_folder
 
@@ -94,6 +95,18 @@ def load_model(model, input_shapes=None, trust_model_code: bool = False) -> tvm.
                      f"models ({', '.join(KERAS_SUFFIXES)} or a SavedModel folder)")
 
 
+def _require_keras_extra(model) -> None:
+    """Keras models need TensorFlow, larq and larq-zoo, which only the ``[larq]`` extra installs."""
+    import importlib.util
+
+    names = ("tensorflow", "tf_keras", "larq", "larq_zoo")
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing and isinstance(model, (str, os.PathLike)):
+        raise ImportError(f"{model}: a Keras or SavedModel model needs TensorFlow and Larq, not installed here "
+                          f"(no {', '.join(missing)}): install bnn-tvm's [larq] extra (pip install "
+                          f"'bnn-tvm[larq]'), or convert the model to .tflite where they are")
+
+
 def import_model(model, graph_passes: bool = True, input_shapes=None, trust_model_code: bool = False) -> tvm.IRModule:
     """``load_model`` (with ``input_shapes`` and ``trust_model_code``) then, unless ``graph_passes`` is False,
     the graph passes of ``bnn_tvm.transform``: the module that compiling and tuning start from."""
@@ -103,26 +116,43 @@ def import_model(model, graph_passes: bool = True, input_shapes=None, trust_mode
     return optimize(mod) if graph_passes else mod
 
 
-INPUT_SIGNATURE = "bnn_input_signature"
-
-
-def _with_input_signature(mod: tvm.IRModule) -> tvm.IRModule:
-    """Add a function returning the inputs' shapes and dtypes (as JSON, which crosses RPC as a plain
-    string), so that `bnn-tvm run` can make inputs for a model it did not build."""
-    signature = [[[int(d) for d in p.ty.shape.values], str(p.ty.dtype)] for p in mod["main"].params]
+def _with_signature(mod: tvm.IRModule, named: tvm.IRModule) -> tvm.IRModule:
+    """Add a function returning the model's signature (``bnn_tvm.signature``; JSON, which crosses RPC as a
+    plain string), so that whoever runs the .so can feed and check its inputs without the model file.
+    ``named`` is the module as imported, whose ``main`` carries the frontend's output names."""
+    signature = Signature.of(named)
     mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    function = relax.Function([], tvm.ir.StringImm(json.dumps(signature)), is_pure=True)
-    mod[INPUT_SIGNATURE] = function.with_attr("global_symbol", INPUT_SIGNATURE)
+    function = relax.Function([], tvm.ir.StringImm(signature.to_json()), is_pure=True)
+    mod[SIGNATURE_FUNCTION] = function.with_attr("global_symbol", SIGNATURE_FUNCTION)
     return mod
+
+
+class TuningRecordsError(ValueError):
+    """A ``tuning_records`` folder that holds no tuning database."""
+
+
+def _check_records_folder(folder) -> None:
+    """Before the minutes of compiling: the folder ``bnn-tvm tune --log`` wrote, with its records file."""
+    from .tuning import RECORD_FILE
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise TuningRecordsError(f"{folder}: no such folder: --tuning-records takes the folder that "
+                                 f"`bnn-tvm tune --log` wrote")
+    if not (path / RECORD_FILE).is_file():
+        raise TuningRecordsError(f"{folder}: holds no tuning records ({RECORD_FILE}); --tuning-records takes "
+                                 f"the folder that `bnn-tvm tune --log` wrote")
 
 
 class Artifact:
     """A compiled model: a Relax VM executable for one target."""
 
-    def __init__(self, executable: relax.VMExecutable, target: tvm.target.Target, preset=None):
+    def __init__(self, executable: relax.VMExecutable, target: tvm.target.Target, preset=None,
+                 binary_layers: int | None = None):
         self.executable = executable
         self.target = target
         self.preset = preset
+        self.binary_layers = binary_layers  # binary convolutions and dense layers in the graph
 
     def export_library(self, path: str | os.PathLike, cross_compiler: str | None = None,
                        cross_compiler_options: list[str] | None = None) -> Path:
@@ -160,11 +190,25 @@ def compile(model, target="host", tuning_records=None, report=None,  # noqa: A00
     told, per folder applied, how many functions it scheduled.
     ``graph_passes=False`` skips ``bnn_tvm.transform`` (to compare against what it optimizes).
     """
-    mod = _with_input_signature(import_model(model, graph_passes, input_shapes, trust_model_code))
+    from .transform import optimize
+
+    if tuning_records is not None:
+        _check_records_folder(tuning_records)
+    imported = load_model(model, input_shapes, trust_model_code)
+    mod = _with_signature(optimize(imported) if graph_passes else imported, imported)
     tvm_target, preset = _targets.resolve(target)
     from .pretuned import shipped_database  # imports tuning, which imports this module
 
     shipped = shipped_database(preset.name) if pretuned and preset is not None else None
     pipeline = _pipeline(tvm_target, [f for f in (tuning_records, shipped) if f is not None], report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
-    return Artifact(executable, tvm_target, preset)
+    return Artifact(executable, tvm_target, preset, _binary_layers(mod))
+
+
+def _binary_layers(mod: tvm.IRModule) -> int:
+    from .transform._rewrite import BINARY_MAC_OPS
+
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(
+        isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in BINARY_MAC_OPS))
+    return sum(found)

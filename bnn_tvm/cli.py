@@ -46,6 +46,10 @@ def _compile(args) -> int:
     out = artifact.export_library(args.output, cross_compiler=args.cross_compiler,
                                   cross_compiler_options=shlex.split(args.cross_compiler_options or ""))
     print(f"compiled {args.model} for {args.target} ({artifact.target.attrs.get('mcpu', '')}) -> {out}")
+    if artifact.binary_layers == 0:
+        print(f"note: {args.model} has no binary layer: compiled as a float model, with TVM's default schedules "
+              f"(bnn-tvm speeds up binary convolutions and dense layers: Larq's QuantConv2D and QuantDense with "
+              f"sign quantizers)")
     if args.bundle:
         make_bundle(out, preset, args.bundle)
     return 0
@@ -79,6 +83,22 @@ def _add_model_flags(command) -> None:
     command.add_argument("--trust-model-code", action="store_true",
                          help="let a Keras model file run the Python code it carries (Lambda layers): that code "
                               "runs on this machine, so only for files you trust; without it they are refused")
+
+
+def _add_input_flags(command) -> None:
+    command.add_argument("--inputs", metavar="FILE.npz",
+                         help="the model's inputs, an .npz keyed by input name (np.savez(path, name=array, ...))")
+    command.add_argument("--input", action="append", metavar="[NAME=]FILE.npy",
+                         help="one input, named or the next one not given yet (repeat for several); inputs "
+                              "given neither way are random")
+    command.add_argument("--seed", type=int, default=0, help="seed of the random inputs (input i: seed + i)")
+
+
+def _add_rpc_flags(command, verb: str) -> None:
+    command.add_argument("--rpc-tracker", help=f"{verb} a board registered with this tracker (HOST:PORT)")
+    command.add_argument("--rpc-key", help="the board's key at the tracker")
+    command.add_argument("--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
+                         help="how long to wait for a board of the key to be free (default 30)")
 
 
 def _rpc_flags_paired(args) -> bool:
@@ -117,6 +137,7 @@ def _run(args) -> int:
     import numpy as np
 
     from .runtime import load, load_remote, median_ms
+    from .signature import read_inputs, save_outputs
 
     if not _rpc_flags_paired(args):
         return 2
@@ -124,29 +145,26 @@ def _run(args) -> int:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
     if args.rpc_tracker:
-        model = load_remote(args.model, args.rpc_tracker, args.rpc_key, threads=args.threads)
+        model = load_remote(args.model, args.rpc_tracker, args.rpc_key, threads=args.threads,
+                            timeout=args.rpc_timeout)
     else:
         model = load(args.model, threads=args.threads)
-    if args.input:
-        from .frontend.model_file import checked_model_file
-
-        x = np.load(checked_model_file(args.input))
-    else:
-        shape, dtype = model.input_signature()
-        x = _random_input(shape, dtype, seed=args.seed)
-        print(f"random input {list(shape)} {dtype} (seed {args.seed})")
-    y = model(x)
-    outputs = y if isinstance(y, list) else [y]
-    for i, out in enumerate(outputs):
+    signature = model.signature()
+    inputs = read_inputs(signature, args.inputs, args.input or (), seed=args.seed, say=print)
+    outputs = model(*inputs)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    names = [s.name for s in signature.outputs] if len(signature.outputs) == len(outputs) else \
+        [str(i) for i in range(len(outputs))]
+    for name, out in zip(names, outputs, strict=True):
         print(
-            f"output {i}: shape {list(out.shape)} {out.dtype}; min {out.min():.6g} max {out.max():.6g} "
+            f"output {name!r}: shape {list(out.shape)} {out.dtype}; min {out.min():.6g} max {out.max():.6g} "
             f"mean {out.astype(np.float64).mean():.6g}; argmax {int(out.reshape(out.shape[0], -1)[0].argmax())}"
         )
     if args.output:
-        np.save(args.output, outputs[0] if len(outputs) == 1 else np.array(outputs, dtype=object))
-        print(f"saved output to {args.output}")
+        written = save_outputs(args.output, signature, outputs)
+        print(f"saved {'the output' if len(outputs) == 1 else f'{len(outputs)} outputs'} to {written}")
     if args.repeat:
-        times = model.time(x, repeat=args.repeat)
+        times = model.time(*inputs, repeat=args.repeat)
         threads = model.threads()
         print(f"median latency {median_ms(times):.3f} ms over {args.repeat} runs, "
               f"{threads} thread{'s' if threads > 1 else ''}")
@@ -219,16 +237,6 @@ def _board(args) -> int:
     return 0
 
 
-def _random_input(shape, dtype, seed: int):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    if np.dtype(dtype).kind == "i":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max + 1, size=shape, dtype=dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
 MODEL_HELP = "a .tflite file (LCE-converted or stock) or a Keras/Larq model (.h5, .keras, SavedModel folder)"
 
 
@@ -273,8 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune_cmd.add_argument("--no-compare", action="store_true",
                           help="skip measuring the whole model tuned against the default schedules at the end")
     tune_cmd.add_argument("--log", required=True, help="folder of the tuning database (created; resumed)")
-    tune_cmd.add_argument("--rpc-tracker", help="measure on a board registered with this tracker (HOST:PORT)")
-    tune_cmd.add_argument("--rpc-key", help="the board's key at the tracker")
+    _add_rpc_flags(tune_cmd, "measure on")
     tune_cmd.add_argument("--only-binary", action="store_true", help="tune the binary kernels only")
     _add_model_flags(tune_cmd)
     tune_cmd.set_defaults(func=_tune)
@@ -282,13 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd = commands.add_parser("run", help="run a compiled .so",
                                   description="Run a compiled model on this machine.")
     run_cmd.add_argument("model", help="a .so made by `bnn-tvm compile`")
-    run_cmd.add_argument("--input", help="input .npy (default: random input of the model's shape)")
-    run_cmd.add_argument("--output", help="write the output to this .npy")
+    _add_input_flags(run_cmd)
+    run_cmd.add_argument("--output", help="write the output to this .npy (several outputs: an .npz keyed by "
+                                          "output name)")
     run_cmd.add_argument("--repeat", type=int, default=0, help="time N runs and print the median latency")
-    run_cmd.add_argument("--seed", type=int, default=0, help="seed of the random input")
     run_cmd.add_argument("--threads", type=int, help="threads to run on (default: one per physical core)")
-    run_cmd.add_argument("--rpc-tracker", help="run on a board registered with this tracker (HOST:PORT)")
-    run_cmd.add_argument("--rpc-key", help="the board's key at the tracker")
+    _add_rpc_flags(run_cmd, "run on")
     run_cmd.set_defaults(func=_run)
 
     profile_cmd = commands.add_parser(
@@ -383,8 +389,8 @@ def _error_line(err: BaseException, args) -> str:
     if isinstance(err, OSError) and err.filename is not None:
         return f"error: {err.filename}: {err.strerror or err}"
     message = str(err).strip()
-    files = [str(getattr(args, name)) for name in ("model", "output", "input", "tuning_records", "log")
-             if getattr(args, name, None)]
+    files = [str(getattr(args, name)) for name in ("model", "output", "inputs", "tuning_records", "log")
+             if getattr(args, name, None)] + list(getattr(args, "input", None) or ())
     if files and not any(f in message for f in files) and not any(Path(f).name in message for f in files):
         return f"error: {files[0]}: {message}"
     return f"error: {message}"

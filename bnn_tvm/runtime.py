@@ -13,6 +13,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .signature import SIGNATURE_FUNCTION, InputError, Signature  # noqa: F401 - InputError: what calls raise
+
 
 class CompiledModel:
     """A loaded bnn-tvm .so: call it with numpy arrays, get numpy arrays back."""
@@ -21,17 +23,40 @@ class CompiledModel:
         self.device = device or tvm.cpu()
         self.vm = relax.VirtualMachine(module, self.device)
         self._main = self.vm["main"]
+        self._signature = None
 
-    def __call__(self, *inputs: np.ndarray):
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
-        return _to_numpy(self._main(*args))
+    def __call__(self, *inputs: np.ndarray, **named: np.ndarray):
+        """The model's outputs (one array, or a list for several) for ``inputs`` in the model's order, or
+        ``named`` by input name (see ``signature``), after checking each input's shape and dtype.
+
+        Raises
+        ------
+        InputError
+            A ``ValueError`` naming the input that is missing, unknown or of the wrong shape or dtype, and what
+            the model takes.
+        """
+        return _to_numpy(self._main(*self._device_inputs(inputs, named)))
+
+    def _device_inputs(self, inputs, named) -> list:
+        signature = self.signature()
+        arrays = signature.arrange(inputs, named)
+        signature.check(arrays)
+        return [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in arrays]
+
+    def signature(self) -> Signature:
+        """Names, shapes and dtypes of the model's inputs and outputs, as ``bnn_tvm.compile`` recorded them."""
+        if self._signature is None:
+            try:
+                recorded = self.vm[SIGNATURE_FUNCTION]
+            except AttributeError:  # a .so of bnn-tvm before 0.4 recorded its inputs only
+                recorded = self.vm["bnn_input_signature"]
+            self._signature = Signature.from_json(str(recorded()))
+        return self._signature
 
     def input_signature(self) -> tuple[tuple[int, ...], str]:
-        """Shape and dtype of the first input, as recorded by ``bnn_tvm.compile``."""
-        from .build import INPUT_SIGNATURE
-
-        (shape, dtype), *_ = json.loads(str(self.vm[INPUT_SIGNATURE]()))
-        return tuple(shape), dtype
+        """Shape and dtype of the first input."""
+        first = self.signature().inputs[0]
+        return first.shape, first.dtype
 
     def threads(self) -> int:
         """Threads the model's kernels run on (on the board, for a remote model)."""
@@ -41,9 +66,9 @@ class CompiledModel:
         session = getattr(self, "session", None)
         return session.get_function(name) if session else tvm.get_global_func(name)
 
-    def time(self, *inputs: np.ndarray, repeat: int = 10) -> list[float]:
+    def time(self, *inputs: np.ndarray, repeat: int = 10, **named: np.ndarray) -> list[float]:
         """Seconds of ``repeat`` calls, measured on the device (over RPC, without the RPC round trip)."""
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
+        args = self._device_inputs(inputs, named)
         self._main(*args)  # warm up: first-touch of weights and the thread pool
         timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat)
         return list(timer(*args).results)
@@ -148,20 +173,24 @@ def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModel:
 
 
 def load_remote(path: str | os.PathLike, tracker: str, key: str, session_timeout: int = 600,
-                threads: int | None = None) -> CompiledModel:
+                threads: int | None = None, timeout: float = 30.0) -> CompiledModel:
     """Upload a .so to a board reached through an RPC tracker (``HOST:PORT``) and load it there.
 
     ``threads``: run on that many of the board's cores (default: the board server's own setting).
+    ``timeout``: seconds to wait for a board of ``key`` to be free (``board.request_session``).
     The file is checked to be a complete shared library before uploading (a truncated one would kill the
     board's server); its architecture is the board's to check, as bnn-tvm does not know the board's.
-    """
-    from tvm import rpc
 
-    from .board import parse_address
+    Raises
+    ------
+    BoardError
+        At once if the tracker cannot be reached or no board of ``key`` is registered there, after ``timeout``
+        seconds if none became free: naming the tracker, the key and the keys the tracker serves.
+    """
+    from .board import request_session
 
     check_library(path, machine=None)
-    host, port = parse_address(tracker)
-    session = rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout)
+    session = request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
     session.upload(os.fspath(path))
     model = CompiledModel(session.load_module(os.path.basename(path)), session.cpu())
     model.session = session  # keep the connection alive as long as the model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,19 @@ class ZooCase:
         return {"kind": "zoo", **asdict(self)}
 
 
+@dataclass(frozen=True)
+class TwoInputCase:
+    """A model of two inputs and two outputs (an image and a feature map in; logits and the feature map
+    the binary convolution refines out), as users' own models have: for feeding and naming inputs."""
+
+    name: str = "two-inputs"
+    size: int = 16
+    channels: int = 32
+
+    def recipe(self) -> dict:
+        return {"kind": "two-inputs", **asdict(self)}
+
+
 def recipe_hash(recipe: dict) -> str:
     text = json.dumps({"version": RECIPE_VERSION, **recipe}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -103,6 +117,8 @@ def keras_model(case):
     tf.keras.utils.set_random_seed(int(recipe_hash(case.recipe())[:8], 16) % (2**31))
     if isinstance(case, ZooCase):
         return _zoo_model(case)
+    if isinstance(case, TwoInputCase):
+        return _two_input_model(case)
     return _conv_model(case)
 
 
@@ -190,6 +206,24 @@ def _conv_model(case: ConvCase):
     return model
 
 
+def _two_input_model(case: TwoInputCase):
+    import larq as lq
+
+    tf = _tf()
+    image = tf.keras.Input((case.size, case.size, 3), name="image")
+    features = tf.keras.Input((case.size // 2, case.size // 2, case.channels), name="features")
+    x = tf.keras.layers.Conv2D(case.channels, 3, strides=2, padding="same")(image)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = lq.layers.QuantConv2D(case.channels, 3, padding="same", input_quantizer="ste_sign",
+                              kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=False)(x)
+    x = tf.keras.layers.BatchNormalization()(x)
+    refined = tf.keras.layers.Add(name="refined")([x, features])
+    logits = tf.keras.layers.Dense(10, name="logits")(tf.keras.layers.GlobalAveragePooling2D()(refined))
+    model = tf.keras.Model([image, features], [logits, refined])
+    _randomize_batch_norm(model, np.random.default_rng(0))
+    return model
+
+
 def lce_interpreter(path: Path, num_threads: int = 1):
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
@@ -221,6 +255,33 @@ def cached_stock_tflite(case, builder=None) -> Path:
     path = CACHE_DIR / f"{case.name}-float-{_recipe_hash(case, builder)}.tflite"
     if not path.exists():
         _write_atomically(path, convert_stock((builder or keras_model)(case)))
+    return path
+
+
+def cached_saved_model(case, builder=None) -> Path:
+    """The SavedModel folder of ``case`` (``model.save``, TensorFlow format), written once and cached under CACHE_DIR.
+
+    Named ``<name>-savedmodel-<recipe hash>``. Saving traces every layer's call and takes longer than building
+    the model (MeliusNet22: ~40 s), so the tests that import SavedModels share the folders through the cache.
+    The model is seeded by its recipe: ``(builder or keras_model)(case)`` rebuilds the same weights in any process.
+    """
+    path = CACHE_DIR / f"{case.name}-savedmodel-{_recipe_hash(case, builder)}"
+    if path.exists():
+        return path
+    model = (builder or keras_model)(case)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Saved beside the entry and renamed into place: an interrupted save never leaves a torn folder at ``path``.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save(partial, save_format="tf")
+        try:
+            os.replace(partial, path)
+        except OSError:
+            if not path.exists():  # else another process saved the same model first
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

@@ -157,9 +157,12 @@ def test_a_two_trial_tune_writes_records_compile_uses(installed):
 
 
 def test_a_keras_model_compiles_after_installing_the_larq_extra(installed, tmp_path):
-    installed.pip_install(f"{installed.wheel}[larq]", "-c", str(lock.LOCK_FILE))
     model = _small_binary_model()
     model.save(tmp_path / "model.h5")
+    refused = installed.cli("compile", tmp_path / "model.h5", "-o", "keras.so")
+    assert refused.returncode == 1 and refused.stderr.count("error:") == 1, refused.stderr
+    assert "[larq]" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    installed.pip_install(f"{installed.wheel}[larq]", "-c", str(lock.LOCK_FILE))
     out = installed.cli("compile", tmp_path / "model.h5", "-o", "keras.so")
     _checked(out)
     assert "tensorflow" not in out.stderr.lower(), out.stderr  # TensorFlow's start-up lines stay hidden

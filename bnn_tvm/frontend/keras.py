@@ -36,6 +36,8 @@ from .. import relay_ops as ops
 from ..relay_ops._common import same_padding
 from ..relay_ops.bitpack import quantize_ref
 from ..transform.recognize_binary_layers import channel_scales
+from ..signature import with_names
+from .block_builder import main_function
 from .input_shapes import resolve_input_shapes
 from .model_file import checked_model_file
 from .tf_graph import convert_traced
@@ -432,13 +434,13 @@ class _KerasImporter:
         shapes = resolve_input_shapes(list(zip(names, declared, strict=True)), self.input_shapes, self.where)
         params = [relax.Var(name.replace("/", "_"), relax.TensorType(list(shape), tensor.dtype.name))
                   for name, shape, tensor in zip(names, shapes, model.inputs, strict=True)]
-        with self.bb.function("main", params):
+        with main_function(self.bb, params):
             with self.bb.dataflow():
                 outputs = self._convert_model(model, params)
                 result = outputs[0] if len(outputs) == 1 else relax.Tuple(outputs)
                 out = self.bb.emit_output(result)
             self.bb.emit_func_output(out)
-        return self.bb.get()
+        return with_names(self.bb.get(), names, model.output_names)
 
     def _convert_model(self, model, inputs: list[relax.Expr]) -> list[relax.Expr]:
         """Convert a functional (or Sequential) model's graph, node by node in Keras's own order."""

@@ -23,6 +23,7 @@ from tvm.relax.frontend.tflite import tflite_frontend
 
 from .. import relay_ops as ops
 from ..relay_ops import PACKED_DTYPE
+from ..signature import with_names
 from .model_file import ModelFileError, checked_model_file
 from .tflite_check import TYPE_NAMES, UnsupportedModelError, check_tflite, opcode_names
 
@@ -414,13 +415,53 @@ def from_tflite(model: str | os.PathLike | bytes) -> tvm.IRModule:
         prefix = f"{model}: "
     try:
         check_tflite(data)
-        return tflite_frontend.from_tflite(tflite.Model.GetRootAsModel(data, 0), op_converter=LceOperatorConverter)
+        graph = tflite.Model.GetRootAsModel(data, 0)
+        _refuse_open_sizes(graph)
+        return with_names(tflite_frontend.from_tflite(graph, op_converter=LceOperatorConverter), *_io_names(graph))
     except UnsupportedModelError as err:
         raise UnsupportedModelError(f"{prefix}{err}") from err
     except (tvm.error.OpNotImplemented, NotImplementedError) as err:
         raise UnsupportedModelError(f"{prefix}{err}") from err
     except Exception as err:  # noqa: BLE001 - outside any one operator (graph inputs, outputs): still the model's fault
         raise UnsupportedModelError(f"{prefix}TVM's TFLite frontend failed: {_explain(err)}") from err
+
+
+def _refuse_open_sizes(model) -> None:
+    """A .tflite converted from a model of open height or width (``Input((None, None, 3))``) declares its
+    tensors' shapes for a size of 1 and marks the open ones -1 in their shape signature; TFLite resizes them
+    at run time, a compiled model cannot: compiled at the declared shapes, it would answer for a 1x1 image.
+    (An open batch is fine: it runs at batch 1, as the declared shapes say.)"""
+    graph = model.Subgraphs(0)
+    inputs, _ = _io_names(model)
+    for i, name in enumerate(inputs):
+        tensor = graph.Tensors(graph.Inputs(i))
+        signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else []
+        if any(d < 0 for d in list(signature)[1:]):
+            raise UnsupportedModelError(
+                f"input {name!r} has an open size (shape signature {list(map(int, signature))}; the file's shapes "
+                f"are for {list(map(int, tensor.ShapeAsNumpy()))}): bnn-tvm compiles fixed shapes. Convert the "
+                f"model at the size it will run at (e.g. tf.keras.Input((224, 224, 3))), or compile the Keras "
+                f"model itself with --input-shapes '{name}:[1,224,224,3]'")
+
+
+def _io_names(model) -> tuple[list[str], list[str]]:
+    """The main subgraph's input and output names: its serving signature's keys (what the Keras model named
+    them: ``image``, ``logits``), else the tensors' names (``serving_default_image:0``)."""
+    graph = model.Subgraphs(0)
+    names = {}
+    for s in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(s)
+        if signature.SubgraphIndex() == 0:
+            for entries, count in ((signature.Inputs, signature.InputsLength()),
+                                   (signature.Outputs, signature.OutputsLength())):
+                names.update({entries(i).TensorIndex(): entries(i).Name().decode() for i in range(count)})
+            break
+
+    def name(tensor: int) -> str:
+        return names.get(tensor) or graph.Tensors(tensor).Name().decode()
+
+    return ([name(graph.Inputs(i)) for i in range(graph.InputsLength())],
+            [name(graph.Outputs(i)) for i in range(graph.OutputsLength())])
 
 
 def _explain(err: Exception) -> str:
