@@ -390,7 +390,8 @@ def _error_line(err: BaseException, args) -> str:
         return f"error: {err.filename}: {err.strerror or err}"
     message = str(err).strip()
     files = [str(getattr(args, name)) for name in ("model", "output", "inputs", "tuning_records", "log")
-             if getattr(args, name, None)] + list(getattr(args, "input", None) or ())
+             if getattr(args, name, None)]
+    files += [text.partition("=")[2] or text for text in getattr(args, "input", None) or ()]  # [NAME=]FILE
     if files and not any(f in message for f in files) and not any(Path(f).name in message for f in files):
         return f"error: {files[0]}: {message}"
     return f"error: {message}"

@@ -35,7 +35,14 @@ class CompiledModel:
             A ``ValueError`` naming the input that is missing, unknown or of the wrong shape or dtype, and what
             the model takes.
         """
-        return _to_numpy(self._main(*self._device_inputs(inputs, named)))
+        args = self._device_inputs(inputs, named)
+        if getattr(self, "session", None) is None:
+            return _to_numpy(self._main(*args))
+        # Over RPC a tuple of outputs comes back as a handle Python cannot iterate: the VM's stateful calls
+        # fetch the outputs one by one.
+        self.vm.set_input("main", *args)
+        self.vm.invoke_stateful("main")
+        return _to_numpy(self.vm.get_outputs("main"))
 
     def _device_inputs(self, inputs, named) -> list:
         signature = self.signature()
@@ -77,7 +84,7 @@ class CompiledModel:
 def _to_numpy(value):
     if isinstance(value, tvm.runtime.Tensor):
         return value.numpy()
-    return [_to_numpy(v) for v in value]
+    return [_to_numpy(v) for v in value]  # a tuple of outputs
 
 
 class LibraryError(ValueError):

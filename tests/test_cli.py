@@ -29,7 +29,7 @@ def test_compile_then_run_matches_lce(tmp_path):
     assert "shape [1, 4, 4, 16]" in done.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), zoo.lce_interpreter(model).predict(x))
     done = bnn_tvm("run", str(so))  # random input of the recorded shape
-    assert done.returncode == 0 and "random input [1, 7, 7, 64] float32" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "float32 [1,7,7,64] (seed 0)" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["compile"], ["run"]])

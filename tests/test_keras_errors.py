@@ -155,7 +155,7 @@ def test_cli_input_shapes(tmp_path):
     done = bnn_tvm_cli("compile", str(path), "-o", str(so), "--input-shapes", "features:[2, 6, 6, 32]")
     assert done.returncode == 0, done.stderr
     done = bnn_tvm_cli("run", str(so))
-    assert done.returncode == 0 and "random input [2, 6, 6, 32] float32" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "float32 [2,6,6,32] (seed 0)" in done.stdout, done.stdout + done.stderr
 
 
 def _two_input_model():
