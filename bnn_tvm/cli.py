@@ -216,6 +216,9 @@ def _board(args) -> int:
     if args.action == "requirements":
         print("\n".join(board.host_requirements()))
         return 0
+    if args.action == "sysroot":  # for running a bundle's bnn-run under qemu-user here
+        print(board.build_emulated_board() / "sysroot")
+        return 0
     if not args.key:
         print(f"error: board {args.action} needs --key KEY", file=sys.stderr)
         return 2
@@ -341,8 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Start emulated aarch64 boards (qemu) running TVM's RPC server, "
                                                 "registered with a tracker under one key; or stop all of the key's. "
                                                 "`requirements` prints the "
-                                                "exact Python packages a real board needs (pip install -r).")
-    board_cmd.add_argument("action", choices=["start", "stop", "requirements"])
+                                                "exact Python packages a real board needs (pip install -r); "
+                                                "`sysroot` the emulated board's aarch64 libraries (built once), "
+                                                "for `qemu-aarch64-static -L SYSROOT bundle/bnn-run ...`.")
+    board_cmd.add_argument("action", choices=["start", "stop", "requirements", "sysroot"])
     board_cmd.add_argument("--emulate", default="aarch64", help="the board to emulate (aarch64)")
     board_cmd.add_argument("--tracker", help="the tracker, HOST:PORT")
     board_cmd.add_argument("--key", help="the key the board registers under")

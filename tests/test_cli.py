@@ -89,3 +89,13 @@ def test_stock_tvm_loads_the_library(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), zoo.lce_interpreter(model).predict(x))
+
+
+def test_board_sysroot_prints_the_emulated_boards_libraries():
+    """The folder the README's `qemu-aarch64-static -L "$(bnn-tvm board sysroot)" bundle/bnn-run` line uses."""
+    from pathlib import Path
+
+    done = bnn_tvm("board", "sysroot")
+    assert done.returncode == 0, done.stderr
+    sysroot = Path(done.stdout.strip())
+    assert (sysroot / "lib" / "ld-linux-aarch64.so.1").exists(), sysroot  # the dynamic loader qemu -L needs
