@@ -31,7 +31,12 @@ def rule_of(block: s_tir.SBlock) -> str:
 
 def _block_rules(sch: s_tir.Schedule) -> list[tuple[s_tir.schedule.SBlockRV, str, bool]]:
     """Each block of the function with its rule, and whether that rule is one of our binary ops'."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    try:
+        root = sch.get_sblock("root")
+    except s_tir.schedule.ScheduleError:
+        # TVM writes some ops' TIR by hand, already scheduled (cumsum's parallel scan): no root block, no rule.
+        return []
+    blocks = sch.get_child_blocks(root)
     return [(block, rule, not rule.startswith("topi:")) for block in blocks for rule in [rule_of(sch.get(block))]]
 
 
