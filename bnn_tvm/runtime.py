@@ -19,9 +19,14 @@ from .signature import SIGNATURE_FUNCTION, InputError, Signature  # noqa: F401 -
 class CompiledModel:
     """A loaded bnn-tvm .so: call it with numpy arrays, get numpy arrays back."""
 
-    def __init__(self, module, device=None):
+    def __init__(self, module, device=None, path=None):
         self.device = device or tvm.cpu()
-        self.vm = relax.VirtualMachine(module, self.device)
+        self.path = path
+        try:
+            self.vm = relax.VirtualMachine(module, self.device)
+        except AttributeError:  # "Module has no function 'vm_load_executable'"
+            raise LibraryError(f"{path}: is not a bnn-tvm model (a shared library without a Relax executable); "
+                               f"make one with `bnn-tvm compile MODEL -o model.so`") from None
         self._main = self.vm["main"]
         self._signature = None
 
@@ -53,11 +58,17 @@ class CompiledModel:
     def signature(self) -> Signature:
         """Names, shapes and dtypes of the model's inputs and outputs, as ``bnn_tvm.compile`` recorded them."""
         if self._signature is None:
-            try:
-                recorded = self.vm[SIGNATURE_FUNCTION]
-            except AttributeError:  # a .so of bnn-tvm before 0.4 recorded its inputs only
-                recorded = self.vm["bnn_input_signature"]
-            self._signature = Signature.from_json(str(recorded()))
+            # A .so of bnn-tvm before 0.4 recorded its inputs only, under another name.
+            for name in (SIGNATURE_FUNCTION, "bnn_input_signature"):
+                try:
+                    recorded = self.vm[name]
+                except AttributeError:
+                    continue
+                self._signature = Signature.from_json(str(recorded()))
+                break
+            else:
+                raise LibraryError(f"{self.path}: is not a bnn-tvm model (it records no signature: a Relax "
+                                   f"executable built by TVM itself?); compile it with `bnn-tvm compile`")
         return self._signature
 
     def input_signature(self) -> tuple[tuple[int, ...], str]:
@@ -176,7 +187,9 @@ def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModel:
     path = check_library(path)
     if threads is not None or not _pool_configured:
         set_threads(threads)
-    return CompiledModel(tvm.runtime.load_module(os.fspath(path)))
+    # TVM picks its loader by the file's extension; check_library has found a shared library whatever its name.
+    library = tvm.get_global_func("ffi.Module.load_from_file.so")(os.fspath(path), "so")
+    return CompiledModel(library, path=path)
 
 
 def load_remote(path: str | os.PathLike, tracker: str, key: str, session_timeout: int = 600,

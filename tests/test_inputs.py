@@ -9,6 +9,7 @@ names the file or input and what is expected, never a traceback or "This is a bu
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,23 @@ def test_an_unsupported_layer_is_the_only_line(tmp_path):
     model.save(tmp_path / "lstm.h5")
     line = one_error_line(cli("compile", tmp_path / "lstm.h5", "-o", tmp_path / "m.so"))
     assert "layer lstm (LSTM): unsupported layer" in line, line
+
+
+def test_a_library_that_is_not_a_bnn_tvm_model_is_named(tmp_path):
+    """A Relax executable TVM built itself records no signature; a shared library of something else has no VM."""
+    import tvm
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType([1, 2], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.add(x, x))
+        bb.emit_func_output(out)
+    tvm.compile(bb.get(), "llvm").export_library(tmp_path / "stock.so")
+    line = one_error_line(cli("run", tmp_path / "stock.so"))
+    assert "stock.so: is not a bnn-tvm model (it records no signature" in line, line
+    other = next(p for p in ("/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1")
+                 if Path(p).exists())
+    line = one_error_line(cli("run", other))
+    assert "is not a bnn-tvm model (a shared library without a Relax executable)" in line, line
