@@ -244,10 +244,21 @@ Copy the folder to the device (any way: `scp -r {name} user@device:`), then ther
 
     ./{name}/bnn-run ./{name}/model.so --repeat 20
 
-`bnn-run model.so [--input x.npy] [--output y.npy] [--repeat N] [--threads T]` reads and writes .npy
-(float32, int8): without `--input` it makes a random input of the model's shape, which the model records.
-It prints the output's shape and summary and, with `--repeat`, the median latency. Threads: one per physical
-core unless `--threads` says otherwise; nothing is pinned. Everything it loads is in this folder (rpath `$ORIGIN`).
+Without inputs, bnn-run feeds the model random ones and prints each input's name, dtype and shape as the model
+records them (`random input 'image' float32 [1,224,224,3] (seed 0)`). Give inputs as numpy writes them: one .npy
+per input, named (`--input NAME=x.npy`) or in the model's order (`--input x.npy`, repeated), or all in one .npz
+keyed by input name (`np.savez("x.npz", image=image, features=features)`; not `np.savez_compressed`, which
+bnn-run refuses). Inputs given neither way are random (input i: seed `--seed` + i). For a model of two inputs:
+
+    ./{name}/bnn-run ./{name}/model.so --input image=image.npy --input features=features.npy --output y.npy
+    ./{name}/bnn-run ./{name}/model.so --inputs x.npz --output y.npz
+
+`bnn-run model.so [--inputs x.npz] [--input [NAME=]x.npy ...] [--output y.npy] [--repeat N] [--threads T]
+[--seed S]` checks every input's name, dtype and shape against the model's and says what is wrong on one
+`error:` line. It prints each output's name, shape and summary; `--output` writes one output as .npy, several as
+an .npz keyed by output name (`y.npy` becomes `y.npz`; `np.load("y.npz")["logits"]`); `--repeat` adds the median
+latency. Threads: one per physical core unless `--threads` says otherwise; nothing is pinned. Everything it
+loads is in this folder (rpath `$ORIGIN`).
 
 ## Embed the model in your program
 

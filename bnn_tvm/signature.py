@@ -50,12 +50,15 @@ class Signature:
         main = mod["main"]
         results = _flat_tensor_types(main.ret_ty)
 
-        def recorded(attr, count, default):
+        def recorded(attr, count, default, kind):
+            """The frontend's names, else the defaults; names are keys, so a model repeating one (a damaged
+            file can) gets its inputs' or outputs' positions instead."""
             names = [str(n) for n in main.attrs[attr]] if main.attrs and attr in main.attrs else []
-            return names if len(names) == count else default
+            names = names if len(names) == count else default
+            return names if len(set(names)) == count else [f"{kind}_{i}" for i in range(count)]
 
-        inputs = recorded(INPUT_NAMES_ATTR, len(main.params), [p.name for p in main.params])
-        outputs = recorded(OUTPUT_NAMES_ATTR, len(results), [f"output_{i}" for i in range(len(results))])
+        inputs = recorded(INPUT_NAMES_ATTR, len(main.params), [p.name for p in main.params], "input")
+        outputs = recorded(OUTPUT_NAMES_ATTR, len(results), [f"output_{i}" for i in range(len(results))], "output")
         return cls(tuple(_spec(n, p.ty) for n, p in zip(inputs, main.params, strict=True)),
                    tuple(_spec(n, t) for n, t in zip(outputs, results, strict=True)))
 

@@ -454,11 +454,12 @@ def _io_names(model) -> tuple[list[str], list[str]]:
         if signature.SubgraphIndex() == 0:
             for entries, count in ((signature.Inputs, signature.InputsLength()),
                                    (signature.Outputs, signature.OutputsLength())):
-                names.update({entries(i).TensorIndex(): entries(i).Name().decode() for i in range(count)})
+                names.update({entries(i).TensorIndex(): (entries(i).Name() or b"").decode(errors="replace")
+                              for i in range(count)})
             break
 
     def name(tensor: int) -> str:
-        return names.get(tensor) or graph.Tensors(tensor).Name().decode()
+        return names.get(tensor) or (graph.Tensors(tensor).Name() or b"").decode(errors="replace")
 
     return ([name(graph.Inputs(i)) for i in range(graph.InputsLength())],
             [name(graph.Outputs(i)) for i in range(graph.OutputsLength())])

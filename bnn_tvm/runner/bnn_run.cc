@@ -1,10 +1,14 @@
 // bnn-run: run a bnn-tvm model (.so) with TVM's C++ runtime alone: no Python, no pip.
 //
-//   bnn-run model.so [--input x.npy] [--output y.npy] [--repeat N] [--threads T] [--seed S]
+//   bnn-run model.so [--inputs x.npz] [--input [NAME=]x.npy ...] [--output y.npy] [--repeat N] [--threads T]
+//                    [--seed S]
 //
-// The .so is a Relax VM executable made by `bnn-tvm compile`; it records its input's shape and dtype
-// (the VM function `bnn_input_signature`, a JSON string), which bnn-run uses to make a random input and to
-// check a given one. Build (the bundle's README has the exact line for its folder):
+// The .so is a Relax VM executable made by `bnn-tvm compile`; it records the names, shapes and dtypes of its
+// inputs and outputs (the VM function `bnn_signature`, JSON; bnn_tvm/signature.py), which bnn-run uses to feed
+// inputs by name, make random ones, check given ones and name the outputs. It takes and says everything as
+// `bnn-tvm run` does (the same flags, the same messages), so that moving a model from the Python CLI to a
+// device changes nothing but the program's name. Files are what numpy writes: .npy, and the uncompressed .npz
+// of np.savez. Build (the bundle's README has the exact line for its folder):
 //
 //   g++ -std=c++17 -O2 bnn_run.cc -o bnn-run -Iinclude -L. -Wl,--no-as-needed -ltvm_runtime -ltvm_ffi
 //       -Wl,-rpath,'$ORIGIN'
@@ -13,27 +17,33 @@
 // input, 1: the model or the runtime failed).
 
 #include <sched.h>
+#include <sys/stat.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iostream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <random>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -46,17 +56,58 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-constexpr const char* kSignatureFunction = "bnn_input_signature";  // bnn_tvm/build.py INPUT_SIGNATURE
-constexpr int kPooledAllocator = 2;                                 // tvm/runtime/memory/memory_manager.h
+// Bytes that are not what their format says (a cut .npy, a zip without a central directory). Thrown by the
+// parsers, which do not know where the bytes came from; the caller adds the file's name and makes it a UsageError.
+struct FormatError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr const char* kSignatureFunction = "bnn_signature";           // bnn_tvm/signature.py SIGNATURE_FUNCTION
+constexpr const char* kOldSignatureFunction = "bnn_input_signature";  // bnn-tvm before 0.4: the inputs only
+constexpr int kPooledAllocator = 2;                                   // tvm/runtime/memory/memory_manager.h
 constexpr int kShareAllCores = -3;  // ThreadGroup::kSpecifyThreadShareAllCore: workers float over a CPU list
 
-std::string ShapeText(const std::vector<int64_t>& shape) {
+// ------------------------------------------------------------------ text, as the Python CLI prints it
+
+// Python's repr() of a str (`bytes`: of a bytes object), which is how `bnn-tvm run` quotes names and magic
+// numbers: 'image', "it's", 'a\nb', b'\x93NUMPY'. Bytes above ASCII in a str pass unchanged, as Python prints
+// the printable characters UTF-8 spells.
+std::string PyRepr(std::string_view text, bool bytes = false) {
+  char quote = text.find('\'') != std::string_view::npos && text.find('"') == std::string_view::npos ? '"' : '\'';
+  std::string out = bytes ? "b" : "";
+  out += quote;
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if (c == quote || c == '\\') {
+      out += {'\\', c};
+    } else if (c == '\n' || c == '\r' || c == '\t') {
+      out += {'\\', c == '\n' ? 'n' : c == '\r' ? 'r' : 't'};
+    } else if (byte < 0x20 || byte == 0x7f || (bytes && byte > 0x7f)) {
+      char hex[5];
+      std::snprintf(hex, sizeof(hex), "\\x%02x", byte);
+      out += hex;
+    } else {
+      out += c;
+    }
+  }
+  return out + quote;
+}
+
+// "[1, 16, 16, 3]" (a Python list, in output lines) or, with separator ",", "[1,16,16,3]" (in input lines).
+std::string ListText(const std::vector<int64_t>& shape, const char* separator = ", ") {
   std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? separator : "") + std::to_string(shape[i]);
   return text + "]";
 }
 
+// "float32 [1,16,16,3]": a tensor as bnn_tvm.signature.TensorSpec.describe says it.
+std::string Describe(const std::string& dtype, const std::vector<int64_t>& shape) {
+  return dtype + " " + ListText(shape, ",");
+}
+
 std::string DTypeText(DLDataType dtype) { return std::string(ffi::DLDataTypeToString(dtype)); }
+
+std::vector<int64_t> ShapeOf(const ffi::Tensor& tensor) { return {tensor.shape().begin(), tensor.shape().end()}; }
 
 size_t ElementCount(const std::vector<int64_t>& shape) {
   size_t n = 1;
@@ -66,18 +117,288 @@ size_t ElementCount(const std::vector<int64_t>& shape) {
 
 size_t ElementBytes(DLDataType dtype) { return (dtype.bits * dtype.lanes + 7) / 8; }
 
+// ------------------------------------------------------------------ JSON (the signature)
+
+// A JSON value. The signature is json.dumps's output, so a name may hold any character JSON allows (quotes,
+// backslashes, \uXXXX escapes, which json.dumps uses for everything beyond ASCII): it is parsed, not searched.
+struct Json {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+  Kind kind = Kind::kNull;
+  double number = 0;                                 // a number's value; a bool's, 0 or 1
+  std::string text;                                  // a string's UTF-8 bytes
+  std::vector<Json> items;                           // an array's
+  std::vector<std::pair<std::string, Json>> fields;  // an object's, in order
+
+  const Json* Field(std::string_view key) const {
+    for (const auto& [name, value] : fields) {
+      if (name == key) return &value;
+    }
+    return nullptr;
+  }
+};
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) : text_(text) {}
+
+  Json Document() {
+    Json value = Value(0);
+    SkipSpace();
+    if (at_ != text_.size()) Fail("text after the value");
+    return value;
+  }
+
+ private:
+  // A signature nests three deep; a corrupt one must fail with a message, not exhaust the stack.
+  static constexpr int kMaxDepth = 32;
+
+  Json Value(int depth) {
+    if (depth > kMaxDepth) Fail("nested too deep");
+    SkipSpace();
+    Json value;
+    if (Consume('{')) {
+      value.kind = Json::Kind::kObject;
+      if (!Consume('}')) {
+        do {
+          SkipSpace();
+          std::string key = String();
+          Expect(':');
+          value.fields.emplace_back(std::move(key), Value(depth + 1));
+        } while (Consume(','));
+        Expect('}');
+      }
+    } else if (Consume('[')) {
+      value.kind = Json::Kind::kArray;
+      if (!Consume(']')) {
+        do {
+          value.items.push_back(Value(depth + 1));
+        } while (Consume(','));
+        Expect(']');
+      }
+    } else if (at_ < text_.size() && text_[at_] == '"') {
+      value.kind = Json::Kind::kString;
+      value.text = String();
+    } else if (Word("true")) {
+      value.kind = Json::Kind::kBool;
+      value.number = 1;
+    } else if (Word("false")) {
+      value.kind = Json::Kind::kBool;
+    } else if (!Word("null")) {
+      value.kind = Json::Kind::kNumber;
+      value.number = Number();
+    }
+    return value;
+  }
+
+  std::string String() {
+    if (!Consume('"')) Fail("expected a string");
+    std::string out;
+    while (true) {
+      if (at_ >= text_.size()) Fail("unterminated string");
+      char c = text_[at_++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) Fail("control character in a string");
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (at_ >= text_.size()) Fail("unterminated string");
+      switch (char escape = text_[at_++]) {
+        case '"': case '\\': case '/': out += escape; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': AppendUtf8(CodePoint(), &out); break;
+        default: Fail("unknown escape \\" + std::string(1, escape));
+      }
+    }
+  }
+
+  // After "\u": one code point, two escapes for one beyond the Basic Multilingual Plane (a UTF-16 surrogate pair).
+  uint32_t CodePoint() {
+    uint32_t code = Hex4();
+    if (code >= 0xD800 && code < 0xDC00 && text_.substr(at_, 2) == "\\u") {
+      size_t pair_at = at_;
+      at_ += 2;
+      uint32_t low = Hex4();
+      if (low >= 0xDC00 && low < 0xE000) return 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+      at_ = pair_at;  // not a pair: two separate escapes
+    }
+    return code;  // a lone surrogate, which a Python str may hold, is kept as its three bytes
+  }
+
+  uint32_t Hex4() {
+    if (text_.size() - at_ < 4) Fail("short \\u escape");
+    uint32_t code = 0;
+    for (int i = 0; i < 4; ++i) {
+      char c = text_[at_++];
+      int digit = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                         : -1;
+      if (digit < 0) Fail("bad \\u escape");
+      code = code << 4 | static_cast<uint32_t>(digit);
+    }
+    return code;
+  }
+
+  static void AppendUtf8(uint32_t code, std::string* out) {
+    if (code < 0x80) {
+      *out += static_cast<char>(code);
+    } else if (code < 0x800) {
+      *out += static_cast<char>(0xC0 | code >> 6);
+      *out += static_cast<char>(0x80 | (code & 0x3F));
+    } else if (code < 0x10000) {
+      *out += static_cast<char>(0xE0 | code >> 12);
+      *out += static_cast<char>(0x80 | (code >> 6 & 0x3F));
+      *out += static_cast<char>(0x80 | (code & 0x3F));
+    } else {
+      *out += static_cast<char>(0xF0 | code >> 18);
+      *out += static_cast<char>(0x80 | (code >> 12 & 0x3F));
+      *out += static_cast<char>(0x80 | (code >> 6 & 0x3F));
+      *out += static_cast<char>(0x80 | (code & 0x3F));
+    }
+  }
+
+  double Number() {
+    size_t end = text_.find_first_not_of("+-0123456789.eE", at_);
+    std::string digits(text_.substr(at_, end == std::string_view::npos ? std::string_view::npos : end - at_));
+    char* parsed = nullptr;
+    double number = std::strtod(digits.c_str(), &parsed);
+    if (digits.empty() || parsed != digits.c_str() + digits.size()) Fail("expected a value");
+    at_ += digits.size();
+    return number;
+  }
+
+  void SkipSpace() {
+    while (at_ < text_.size() && std::string_view(" \t\r\n").find(text_[at_]) != std::string_view::npos) ++at_;
+  }
+
+  bool Consume(char c) {
+    SkipSpace();
+    if (at_ < text_.size() && text_[at_] == c) {
+      ++at_;
+      return true;
+    }
+    return false;
+  }
+
+  void Expect(char c) {
+    if (!Consume(c)) Fail(std::string("expected '") + c + "'");
+  }
+
+  bool Word(std::string_view word) {
+    if (text_.substr(at_, word.size()) != word) return false;
+    at_ += word.size();
+    return true;
+  }
+
+  [[noreturn]] void Fail(const std::string& what) const {
+    throw FormatError("not JSON at character " + std::to_string(at_) + ": " + what);
+  }
+
+  std::string_view text_;
+  size_t at_ = 0;
+};
+
+// ------------------------------------------------------------------ the signature
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;  // numpy's and TVM's name: float32, int8, ...
+
+  std::string Describe() const { return ::Describe(dtype, shape); }
+};
+
+struct Signature {
+  std::vector<TensorSpec> inputs, outputs;
+
+  bool HasInput(const std::string& name) const {
+    return std::any_of(inputs.begin(), inputs.end(), [&](const TensorSpec& s) { return s.name == name; });
+  }
+
+  // "'features' float32 [1,8,8,32], 'image' float32 [1,16,16,3]": what the messages say the model takes.
+  std::string Listing() const {
+    std::string text;
+    for (const TensorSpec& s : inputs) text += (text.empty() ? "" : ", ") + PyRepr(s.name) + " " + s.Describe();
+    return text;
+  }
+
+  // "'features', 'image'" (`quoted`) or "features, image".
+  std::string Names(bool quoted) const {
+    std::string text;
+    for (const TensorSpec& s : inputs) text += (text.empty() ? "" : ", ") + (quoted ? PyRepr(s.name) : s.name);
+    return text;
+  }
+};
+
+const Json& Member(const Json& object, const char* key, Json::Kind kind) {
+  const Json* value = object.kind == Json::Kind::kObject ? object.Field(key) : nullptr;
+  if (value == nullptr || value->kind != kind) throw FormatError(std::string("no '") + key + "' of the right kind");
+  return *value;
+}
+
+std::vector<int64_t> ShapeFromJson(const Json& shape) {
+  if (shape.kind != Json::Kind::kArray) throw FormatError("a shape that is not a list");
+  std::vector<int64_t> dims;
+  for (const Json& dim : shape.items) {
+    // Below 2^53, where a double holds every whole number (and the cast below is defined).
+    if (dim.kind != Json::Kind::kNumber || !(dim.number >= 0 && dim.number < 9007199254740992.0) ||
+        dim.number != std::floor(dim.number)) {
+      throw FormatError("a dimension that is not a whole number");
+    }
+    dims.push_back(static_cast<int64_t>(dim.number));
+  }
+  return dims;
+}
+
+// {"inputs": [{"name": ..., "shape": [...], "dtype": ...}, ...], "outputs": [...]} (bnn_tvm.signature.Signature
+// .to_json), or a .so of bnn-tvm before 0.4's [[shape, dtype], ...]: its inputs, unnamed, as Python names them.
+Signature ParseSignature(const std::string& json) {
+  Signature signature;
+  try {
+    Json document = JsonParser(json).Document();
+    if (document.kind == Json::Kind::kArray) {
+      for (const Json& input : document.items) {
+        if (input.kind != Json::Kind::kArray || input.items.size() != 2 || input.items[1].kind != Json::Kind::kString) {
+          throw FormatError("an input that is not [shape, dtype]");
+        }
+        signature.inputs.push_back(
+            {"input_" + std::to_string(signature.inputs.size()), ShapeFromJson(input.items[0]), input.items[1].text});
+      }
+      return signature;
+    }
+    for (auto [key, group] : {std::pair{"inputs", &signature.inputs}, std::pair{"outputs", &signature.outputs}}) {
+      for (const Json& spec : Member(document, key, Json::Kind::kArray).items) {
+        group->push_back({Member(spec, "name", Json::Kind::kString).text,
+                          ShapeFromJson(Member(spec, "shape", Json::Kind::kArray)),
+                          Member(spec, "dtype", Json::Kind::kString).text});
+      }
+    }
+  } catch (const FormatError& err) {
+    throw std::runtime_error("the model's signature is not what bnn-tvm records (" + std::string(err.what()) +
+                             "): " + json.substr(0, 200));
+  }
+  return signature;
+}
+
 // ------------------------------------------------------------------ .npy (format versions 1.0, 2.0, 3.0)
 
-struct Array {
+// An array in .npy bytes: its header's shape and dtype, and where its data (C order, little-endian) lies in
+// those bytes, which are copied once, into the tensor the model gets.
+struct NpyView {
   std::vector<int64_t> shape;
   DLDataType dtype;
-  std::vector<char> data;  // C order, little-endian
+  std::string_view data;
 };
 
 // numpy's descr ('<f4', '|i1', ...) <-> DLPack dtype; only little-endian or byte-sized types.
-DLDataType DescrToDType(const std::string& descr, const std::string& path) {
+DLDataType DescrToDType(const std::string& descr) {
   if (descr.size() < 3 || (descr[0] != '<' && descr[0] != '|')) {
-    throw UsageError(path + ": unsupported .npy dtype '" + descr + "' (little-endian numbers only)");
+    throw FormatError("unsupported dtype '" + descr + "' (little-endian numbers only)");
   }
   int bytes = std::atoi(descr.c_str() + 2);
   uint8_t code;
@@ -86,11 +407,9 @@ DLDataType DescrToDType(const std::string& descr, const std::string& path) {
     case 'i': code = kDLInt; break;
     case 'u': code = kDLUInt; break;
     case 'b': code = kDLBool; break;
-    default: throw UsageError(path + ": unsupported .npy dtype '" + descr + "'");
+    default: throw FormatError("unsupported dtype '" + descr + "'");
   }
-  if (bytes != 1 && bytes != 2 && bytes != 4 && bytes != 8) {
-    throw UsageError(path + ": unsupported .npy dtype '" + descr + "'");
-  }
+  if (bytes != 1 && bytes != 2 && bytes != 4 && bytes != 8) throw FormatError("unsupported dtype '" + descr + "'");
   return DLDataType{code, static_cast<uint8_t>(bytes * 8), 1};
 }
 
@@ -108,62 +427,65 @@ std::string DTypeToDescr(DLDataType dtype) {
 }
 
 // The value of 'key' in the header dict, as its source text: "'<f4'", "False", "(1, 7, 7, 64)".
-std::string HeaderField(const std::string& header, const std::string& key, const std::string& path) {
+std::string HeaderField(const std::string& header, const std::string& key) {
   size_t at = header.find("'" + key + "'");
   size_t colon = at == std::string::npos ? at : header.find(':', at);
-  if (colon == std::string::npos) throw UsageError(path + ": not a .npy file (no '" + key + "' in its header)");
+  if (colon == std::string::npos) throw FormatError("no '" + key + "' in its header");
   size_t begin = header.find_first_not_of(' ', colon + 1);
-  size_t end = header[begin] == '(' ? header.find(')', begin) + 1 : header.find_first_of(",}", begin + 1);
-  if (begin == std::string::npos || end == std::string::npos || end == 0) {
-    throw UsageError(path + ": not a .npy file (bad '" + key + "' in its header)");
-  }
-  return header.substr(begin, end - begin);
+  if (begin == std::string::npos) throw FormatError("bad '" + key + "' in its header");
+  size_t end = header[begin] == '(' ? header.find(')', begin) : header.find_first_of(",}", begin + 1);
+  if (end == std::string::npos) throw FormatError("bad '" + key + "' in its header");
+  return header.substr(begin, end - begin + (header[begin] == '('));
 }
 
-Array ReadNpy(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw UsageError("cannot open input " + path + ": " + std::strerror(errno));
-  char preamble[8];
-  if (!file.read(preamble, 8) || std::memcmp(preamble, "\x93NUMPY", 6) != 0) {
-    throw UsageError(path + ": not a .npy file (no \\x93NUMPY magic)");
-  }
-  uint32_t header_len = 0;
-  unsigned char len_bytes[4] = {0, 0, 0, 0};
-  int len_size = preamble[6] == 1 ? 2 : 4;  // version 1.0: uint16; 2.0 and 3.0: uint32 (little-endian)
-  if (preamble[6] < 1 || preamble[6] > 3 || !file.read(reinterpret_cast<char*>(len_bytes), len_size)) {
-    throw UsageError(path + ": not a .npy file (unknown version " + std::to_string(preamble[6]) + ")");
-  }
-  for (int i = len_size - 1; i >= 0; --i) header_len = header_len << 8 | len_bytes[i];
-  std::string header(header_len, '\0');
-  if (header_len > (1u << 20) || !file.read(header.data(), header_len)) {
-    throw UsageError(path + ": not a .npy file (truncated header)");
-  }
-  std::string descr = HeaderField(header, "descr", path);
+NpyView ParseNpy(std::string_view bytes) {
+  if (bytes.substr(0, 6) != "\x93NUMPY") throw FormatError("no \\x93NUMPY magic");
+  // Version 1.0 has a 2-byte header length; 2.0 and 3.0 (a UTF-8 header) have 4 bytes, little-endian.
+  int version = bytes.size() > 6 ? bytes[6] : 0;
+  size_t len_size = version == 1 ? 2 : 4;
+  if (version < 1 || version > 3) throw FormatError("unknown .npy version " + std::to_string(version));
+  if (bytes.size() < 8 + len_size) throw FormatError("truncated header");
+  size_t header_len = 0;
+  for (size_t i = len_size; i-- > 0;) header_len = header_len << 8 | static_cast<unsigned char>(bytes[8 + i]);
+  size_t data_at = 8 + len_size + header_len;
+  if (header_len > (1u << 20) || bytes.size() < data_at) throw FormatError("truncated header");
+  std::string header(bytes.substr(8 + len_size, header_len));
+  std::string descr = HeaderField(header, "descr");
   if (descr.size() < 2 || (descr.front() != '\'' && descr.front() != '"')) {
-    throw UsageError(path + ": unsupported .npy dtype " + descr + " (structured arrays are not inputs)");
+    throw FormatError("unsupported dtype " + descr + " (structured arrays are not inputs)");
   }
-  Array array;
-  array.dtype = DescrToDType(descr.substr(1, descr.size() - 2), path);
-  if (HeaderField(header, "fortran_order", path) != "False") {
-    throw UsageError(path + ": Fortran-order array; save it with np.save(path, np.ascontiguousarray(x))");
+  NpyView array;
+  array.dtype = DescrToDType(descr.substr(1, descr.size() - 2));
+  if (HeaderField(header, "fortran_order") != "False") {
+    throw FormatError("a Fortran-order array: save it with np.save(path, np.ascontiguousarray(x))");
   }
-  std::string shape = HeaderField(header, "shape", path);
+  std::string shape = HeaderField(header, "shape");
   for (size_t i = 1; i < shape.size();) {
     size_t digits = shape.find_first_of("0123456789", i);
     if (digits == std::string::npos) break;
     size_t end = shape.find_first_not_of("0123456789", digits);
+    if (end == std::string::npos || end - digits > 18) throw FormatError("bad 'shape' in its header");
     array.shape.push_back(std::stoll(shape.substr(digits, end - digits)));
     i = end;
   }
-  array.data.resize(ElementCount(array.shape) * ElementBytes(array.dtype));
-  if (!file.read(array.data.data(), array.data.size())) {
-    throw UsageError(path + ": truncated .npy (shape " + ShapeText(array.shape) + " needs " +
-                     std::to_string(array.data.size()) + " bytes of data)");
+  // Checked: a corrupt header's shape must not wrap around to a size that its few bytes of data pass.
+  size_t data_size = ElementBytes(array.dtype);
+  for (int64_t d : array.shape) {
+    if (d != 0 && data_size > std::numeric_limits<size_t>::max() / static_cast<size_t>(d)) {
+      throw FormatError("a shape too large: " + ListText(array.shape));
+    }
+    data_size *= static_cast<size_t>(d);
   }
+  if (bytes.size() - data_at < data_size) {
+    throw FormatError("truncated (shape " + ListText(array.shape) + " needs " + std::to_string(data_size) +
+                      " bytes of data)");
+  }
+  array.data = bytes.substr(data_at, data_size);
   return array;
 }
 
-void WriteNpy(const std::string& path, const std::vector<int64_t>& shape, DLDataType dtype, const void* data) {
+// What precedes an array's data in a .npy file: magic, version 1.0, and the header dict numpy writes.
+std::string NpyHeader(const std::vector<int64_t>& shape, DLDataType dtype) {
   std::string dims;
   for (int64_t d : shape) dims += std::to_string(d) + ", ";
   if (shape.size() > 1) dims.resize(dims.size() - 2);  // numpy writes (4,) for one dimension, (1, 4) for two
@@ -172,42 +494,232 @@ void WriteNpy(const std::string& path, const std::vector<int64_t>& shape, DLData
   size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header += '\n';
-  std::ofstream file(path, std::ios::binary);
-  if (!file) throw UsageError("cannot write output " + path + ": " + std::strerror(errno));
-  uint16_t len = static_cast<uint16_t>(header.size());
-  const char len_bytes[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
-  file.write("\x93NUMPY\x01\x00", 8);
-  file.write(len_bytes, 2);
-  file << header;
-  file.write(static_cast<const char*>(data), ElementCount(shape) * ElementBytes(dtype));
-  if (!file) throw UsageError("cannot write output " + path + ": " + std::strerror(errno));
+  auto len = static_cast<uint16_t>(header.size());
+  return std::string("\x93NUMPY\x01\x00", 8) + static_cast<char>(len & 0xff) + static_cast<char>(len >> 8) + header;
+}
+
+// ------------------------------------------------------------------ .npz (a zip archive of .npy files)
+//
+// np.savez (numpy 1.26, through Python's zipfile) stores its entries, NAME.npy, uncompressed (method 0), each
+// with a ZIP64 local header (numpy forces it: 0xFFFFFFFF there, the sizes in a ZIP64 extra field); the central
+// directory and its end record become ZIP64 too once an entry, an offset or the directory passes 2 GiB
+// (zipfile's ZIP64_LIMIT). So entries are found through the central directory, whose sizes are authoritative
+// however the local headers (or data descriptors, written to pipes) give them.
+
+constexpr uint32_t kLocalHeader = 0x04034b50, kCentralHeader = 0x02014b50, kEndOfCentral = 0x06054b50,
+                   kZip64EndOfCentral = 0x06064b50, kZip64Locator = 0x07064b50;
+constexpr uint16_t kStored = 0, kZip64Extra = 0x0001;
+constexpr uint16_t kEncrypted = 1 << 0, kUtf8Name = 1 << 11;  // general purpose flags
+constexpr uint16_t kZipVersion = 20;                          // 2.0, as Python's zipfile writes entries
+constexpr uint16_t kDosDate = (0 << 9) | (1 << 5) | 1;        // 1980-01-01, zip's epoch (time: 00:00)
+
+uint32_t Crc32(std::string_view bytes, uint32_t crc = 0) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> entries{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;  // zip's reflected polynomial
+      entries[i] = c;
+    }
+    return entries;
+  }();
+  crc = ~crc;
+  for (char byte : bytes) crc = table[(crc ^ static_cast<unsigned char>(byte)) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+// `size` bytes at `at`, bounds-checked: offsets come from the file, and a cut or corrupt one must fail with a
+// message rather than read past the buffer.
+std::string_view Slice(std::string_view bytes, uint64_t at, uint64_t size) {
+  if (at > bytes.size() || bytes.size() - at < size) {
+    throw FormatError("truncated (" + std::to_string(size) + " bytes at " + std::to_string(at) + " are past its end)");
+  }
+  return bytes.substr(at, size);
+}
+
+uint64_t Le(std::string_view bytes, uint64_t at, int width) {
+  std::string_view field = Slice(bytes, at, width);
+  uint64_t value = 0;
+  for (int i = width - 1; i >= 0; --i) value = value << 8 | static_cast<unsigned char>(field[i]);
+  return value;
+}
+
+// Little-endian fields, each {value, width in bytes}, as zip's records are laid out.
+std::string Fields(std::initializer_list<std::pair<uint64_t, int>> fields) {
+  std::string out;
+  for (auto [value, width] : fields) {
+    for (int i = 0; i < width; ++i) out += static_cast<char>(value >> (8 * i) & 0xff);
+  }
+  return out;
+}
+
+struct ZipEntry {
+  std::string name;
+  uint16_t flags, method;
+  uint32_t crc;
+  std::string_view data;  // as stored: compressed unless method is kStored
+};
+
+// The entries of the zip archive `bytes`, in its central directory's order.
+std::vector<ZipEntry> ReadZip(std::string_view bytes) {
+  // The end record is the last 22 bytes, unless a comment (up to 64 KiB) follows it: search backwards.
+  if (bytes.size() < 22) throw FormatError("too short for a zip archive");
+  uint64_t end = bytes.size() - 22, lowest = end > 0xFFFF ? end - 0xFFFF : 0;
+  while (Le(bytes, end, 4) != kEndOfCentral) {
+    if (end-- == lowest) throw FormatError("no end of central directory (a cut file?)");
+  }
+  uint64_t count = Le(bytes, end + 10, 2);
+  uint64_t size = Le(bytes, end + 12, 4);
+  uint64_t offset = Le(bytes, end + 16, 4);
+  if (end >= 20 && Le(bytes, end - 20, 4) == kZip64Locator) {
+    // ZIP64: the locator before the end record points at the ZIP64 end record, whose 64-bit values are the real
+    // ones (the 32-bit ones say 0xFFFF... or repeat them).
+    uint64_t record = Le(bytes, end - 20 + 8, 8);
+    if (Le(bytes, record, 4) != kZip64EndOfCentral) throw FormatError("no ZIP64 end of central directory");
+    count = Le(bytes, record + 32, 8);
+    size = Le(bytes, record + 40, 8);
+    offset = Le(bytes, record + 48, 8);
+  } else if (count == 0xFFFF || size == 0xFFFFFFFF || offset == 0xFFFFFFFF) {
+    throw FormatError("a ZIP64 archive without its ZIP64 end of central directory");
+  }
+  std::string_view directory = Slice(bytes, offset, size);
+  std::vector<ZipEntry> entries;
+  for (uint64_t at = 0, i = 0; i < count; ++i) {
+    if (Le(directory, at, 4) != kCentralHeader) throw FormatError("a broken central directory");
+    ZipEntry entry;
+    entry.flags = static_cast<uint16_t>(Le(directory, at + 8, 2));
+    entry.method = static_cast<uint16_t>(Le(directory, at + 10, 2));
+    entry.crc = static_cast<uint32_t>(Le(directory, at + 16, 4));
+    uint64_t compressed = Le(directory, at + 20, 4), uncompressed = Le(directory, at + 24, 4);
+    uint64_t name_size = Le(directory, at + 28, 2), extra_size = Le(directory, at + 30, 2);
+    uint64_t comment_size = Le(directory, at + 32, 2), local = Le(directory, at + 42, 4);
+    entry.name = std::string(Slice(directory, at + 46, name_size));
+    // A ZIP64 extra field holds the 64-bit values of exactly those fields that say 0xFFFFFFFF, in this order.
+    std::string_view extra = Slice(directory, at + 46 + name_size, extra_size);
+    for (uint64_t x = 0; x + 4 <= extra.size(); x += 4 + Le(extra, x + 2, 2)) {
+      if (Le(extra, x, 2) != kZip64Extra) continue;
+      uint64_t field = x + 4;
+      for (uint64_t* value : {&uncompressed, &compressed, &local}) {
+        if (*value == 0xFFFFFFFF) {
+          *value = Le(extra, field, 8);
+          field += 8;
+        }
+      }
+    }
+    // The data follows the local header, whose name and extra field need not be the central ones' lengths.
+    if (Le(bytes, local, 4) != kLocalHeader) throw FormatError("no local header for " + PyRepr(entry.name));
+    entry.data = Slice(bytes, local + 30 + Le(bytes, local + 26, 2) + Le(bytes, local + 28, 2), compressed);
+    if (entry.method == kStored && compressed != uncompressed) {
+      throw FormatError("stored entry " + PyRepr(entry.name) + " with two sizes");
+    }
+    entries.push_back(std::move(entry));
+    at += 46 + name_size + extra_size + comment_size;
+  }
+  return entries;
+}
+
+// ------------------------------------------------------------------ writing outputs
+
+// A file written beside `path` and renamed into place once complete, as bnn_tvm.signature.save_outputs writes:
+// an interrupted or failed write never leaves a half file under the name.
+class OutputFile {
+ public:
+  explicit OutputFile(std::string path)
+      : path_(std::move(path)), partial_(path_ + "." + std::to_string(getpid()) + ".partial") {
+    file_ = std::fopen(partial_.c_str(), "wb");
+    if (file_ == nullptr) Fail();
+  }
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  ~OutputFile() {
+    if (file_ != nullptr) {
+      std::fclose(file_);
+      std::remove(partial_.c_str());
+    }
+  }
+
+  void Write(std::string_view bytes) {
+    if (std::fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size()) Fail();
+    written_ += bytes.size();
+  }
+  uint64_t Written() const { return written_; }
+
+  void Commit() {
+    std::FILE* file = std::exchange(file_, nullptr);
+    if (std::fclose(file) != 0 || std::rename(partial_.c_str(), path_.c_str()) != 0) {
+      int error = errno;
+      std::remove(partial_.c_str());
+      errno = error;
+      Fail();
+    }
+  }
+
+ private:
+  [[noreturn]] void Fail() const { throw UsageError("cannot write output " + path_ + ": " + std::strerror(errno)); }
+
+  std::string path_, partial_;
+  std::FILE* file_ = nullptr;
+  uint64_t written_ = 0;
+};
+
+std::string_view Bytes(const ffi::Tensor& tensor) {
+  return {static_cast<const char*>(tensor.data_ptr()) + tensor.byte_offset(),
+          ElementCount(ShapeOf(tensor)) * ElementBytes(tensor.dtype())};
+}
+
+void WriteNpy(const std::string& path, const ffi::Tensor& tensor) {
+  OutputFile file(path);
+  file.Write(NpyHeader(ShapeOf(tensor), tensor.dtype()));
+  file.Write(Bytes(tensor));
+  file.Commit();
+}
+
+// A stored (uncompressed) zip of NAME.npy entries, as np.savez writes and np.load reads. Without ZIP64 (over
+// 4 GiB of outputs are refused): the 32-bit fields then hold every size and offset. Names are flagged UTF-8
+// (else readers take them for cp437), and the timestamp is fixed, so that equal outputs give equal files.
+void WriteNpz(const std::string& path, const std::vector<std::string>& names, const std::vector<ffi::Tensor>& tensors) {
+  const char* too_large = "the outputs are too large for an .npz without ZIP64, which bnn-run does not write";
+  if (tensors.size() >= 0xFFFF) throw std::runtime_error(too_large);
+  OutputFile file(path);
+  std::string directory;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    std::string name = names[i] + ".npy", header = NpyHeader(ShapeOf(tensors[i]), tensors[i].dtype());
+    std::string_view data = Bytes(tensors[i]);
+    uint64_t size = header.size() + data.size(), offset = file.Written();
+    if (size >= 0xFFFFFFFF || offset >= 0xFFFFFFFF || name.size() > 0xFFFF) throw std::runtime_error(too_large);
+    // The local header and the central directory record share the fields from "version needed" to the name.
+    std::string common = Fields({{kZipVersion, 2}, {kUtf8Name, 2}, {kStored, 2}, {0, 2}, {kDosDate, 2},
+                                 {Crc32(data, Crc32(header)), 4}, {size, 4}, {size, 4}, {name.size(), 2},
+                                 {0, 2}});  // the last: no extra field
+    file.Write(Fields({{kLocalHeader, 4}}) + common + name);
+    file.Write(header);
+    file.Write(data);
+    // Made by Unix (3), so that the external attributes are a file mode: a regular file, rw-r--r--. Then no
+    // comment, disk 0, no internal attributes.
+    directory += Fields({{kCentralHeader, 4}, {3 << 8 | kZipVersion, 2}}) + common +
+                 Fields({{0, 2}, {0, 2}, {0, 2}, {uint64_t{0100644} << 16, 4}, {offset, 4}}) + name;
+  }
+  uint64_t directory_at = file.Written();
+  if (directory_at + directory.size() >= 0xFFFFFFFF) throw std::runtime_error(too_large);
+  file.Write(directory);
+  file.Write(Fields({{kEndOfCentral, 4}, {0, 2}, {0, 2}, {tensors.size(), 2}, {tensors.size(), 2},
+                     {directory.size(), 4}, {directory_at, 4}, {0, 2}}));  // one disk, no comment
+  file.Commit();
+}
+
+// Python's PurePath(path).suffix: ".npy" of "d/y.npy"; "" of "y", "d.d/y" and ".npz" (a name, not a suffix).
+std::string Suffix(const std::string& path) {
+  size_t name_at = path.find_last_of('/') + 1;  // npos + 1: 0
+  size_t dot = path.rfind('.');
+  return dot != std::string::npos && dot > name_at && dot + 1 < path.size() ? path.substr(dot) : "";
+}
+
+// Python's PurePath(path).with_suffix(suffix): y.npy -> y.npz, y -> y.npz.
+std::string WithSuffix(const std::string& path, const std::string& suffix) {
+  return path.substr(0, path.size() - Suffix(path).size()) + suffix;
 }
 
 // ------------------------------------------------------------------ the model
-
-struct Signature {
-  std::vector<int64_t> shape;
-  DLDataType dtype;
-};
-
-// The first input of `[[[1, 7, 7, 64], "float32"], ...]`, the JSON bnn_tvm.compile records.
-Signature ParseSignature(const std::string& json, size_t* inputs) {
-  Signature signature;
-  size_t open = json.find("[[[");
-  size_t close = json.find(']', open);
-  size_t quote = json.find('"', close);
-  size_t end = json.find('"', quote + 1);
-  if (open == std::string::npos || close == std::string::npos || quote == std::string::npos ||
-      end == std::string::npos) {
-    throw std::runtime_error("the model's input signature is not what bnn-tvm records: " + json);
-  }
-  std::istringstream dims(json.substr(open + 3, close - open - 3));
-  for (std::string dim; std::getline(dims, dim, ',');) signature.shape.push_back(std::stoll(dim));
-  signature.dtype = ffi::StringToDLDataType(json.substr(quote + 1, end - quote - 1));
-  *inputs = 0;
-  for (size_t at = json.find("[["); at != std::string::npos; at = json.find("[[", at + 2)) ++*inputs;
-  return signature;
-}
 
 // ELF machine numbers (elf.h's EM_*) of the architectures bnn-tvm targets, and the one this program runs on.
 const char* MachineName(uint16_t machine) {
@@ -274,6 +786,17 @@ ffi::Function VmFunction(const ffi::Module& vm, const char* name, const std::str
   return *function;
 }
 
+// The recorded signature; a .so of bnn-tvm before 0.4 has the inputs-only one (bnn_tvm.runtime reads both).
+Signature ReadSignature(const ffi::Module& vm, const std::string& path) {
+  ffi::Optional<ffi::Function> function = vm->GetFunction(kSignatureFunction, false);
+  if (!function) function = vm->GetFunction(kOldSignatureFunction, false);
+  if (!function) {
+    throw UsageError(path + " is not a bnn-tvm model (its VM has no function " + kSignatureFunction +
+                     "; recompile it with this version of `bnn-tvm compile`)");
+  }
+  return ParseSignature(std::string((*function)().cast<ffi::String>()));
+}
+
 // CPU memory at TVM's alignment (kAllocAlignment), which compiled kernels may assume of their arguments.
 struct AlignedAlloc {
   static constexpr size_t kAlignment = 64;
@@ -285,38 +808,19 @@ struct AlignedAlloc {
   void FreeData(DLTensor* tensor) { std::free(tensor->data); }
 };
 
-char* Bytes(const ffi::Tensor& tensor) { return static_cast<char*>(tensor.data_ptr()) + tensor.byte_offset(); }
-
 ffi::Tensor Allocate(const std::vector<int64_t>& shape, DLDataType dtype) {
   return ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape), dtype, DLDevice{kDLCPU, 0});
 }
 
-ffi::Tensor RandomInput(const Signature& signature, uint32_t seed) {
-  ffi::Tensor tensor = Allocate(signature.shape, signature.dtype);
-  size_t n = ElementCount(signature.shape);
-  std::mt19937 rng(seed);
-  const DLDataType& t = signature.dtype;
-  if (t.code == kDLFloat && t.bits == 32) {
-    std::normal_distribution<float> normal;
-    for (size_t i = 0; i < n; ++i) reinterpret_cast<float*>(Bytes(tensor))[i] = normal(rng);
-  } else if (t.code == kDLInt && t.bits == 8) {
-    std::uniform_int_distribution<int> byte(-128, 127);
-    for (size_t i = 0; i < n; ++i) reinterpret_cast<int8_t*>(Bytes(tensor))[i] = static_cast<int8_t>(byte(rng));
-  } else {
-    throw std::runtime_error("cannot make a random " + DTypeText(t) + " input: give one with --input");
-  }
-  return tensor;
+char* MutableBytes(const ffi::Tensor& tensor) {
+  return static_cast<char*>(tensor.data_ptr()) + tensor.byte_offset();
 }
 
-ffi::Tensor InputFromFile(const std::string& path, const Signature& signature) {
-  Array array = ReadNpy(path);
-  if (array.shape != signature.shape || !(array.dtype == signature.dtype)) {
-    throw UsageError(path + " is " + ShapeText(array.shape) + " " + DTypeText(array.dtype) +
-                     "; the model expects " + ShapeText(signature.shape) + " " + DTypeText(signature.dtype));
-  }
-  ffi::Tensor tensor = Allocate(array.shape, array.dtype);
-  std::memcpy(Bytes(tensor), array.data.data(), array.data.size());
-  return tensor;
+ffi::Any Call(const ffi::Function& model, const std::vector<ffi::Tensor>& inputs) {
+  std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
+  ffi::Any result;
+  model.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+  return result;
 }
 
 std::vector<ffi::Tensor> Outputs(const ffi::Any& result) {
@@ -332,10 +836,167 @@ std::vector<ffi::Tensor> Outputs(const ffi::Any& result) {
   throw std::runtime_error("the model returned a " + result.GetTypeKey() + ", not tensors");
 }
 
+// ------------------------------------------------------------------ inputs (bnn_tvm.signature.read_inputs)
+
+struct Given {
+  ffi::Tensor tensor;
+  std::string source;  // where it came from, as messages name it: x.npy, both.npz[image]
+};
+
+// The file `path` whole. One that cannot be read is reported as `bnn-tvm run` reports it: "x.npy: No such file
+// or directory".
+std::string ReadFile(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) throw UsageError(path + ": " + std::strerror(errno));
+  std::string bytes;
+  char buffer[1 << 16];
+  for (size_t got; (got = std::fread(buffer, 1, sizeof(buffer), file)) > 0;) bytes.append(buffer, got);
+  int error = std::ferror(file) ? errno : 0;  // a folder opens, and fails here with "Is a directory"
+  std::fclose(file);
+  if (error != 0) throw UsageError(path + ": " + std::strerror(error));
+  return bytes;
+}
+
+// A file given as an .npz (--inputs) or a .npy (--input), judged by its first bytes as bnn_tvm.signature._load
+// judges it, so that an archive given as one array, or the reverse, is named for what it is.
+std::string ReadArrayFile(const std::string& path, bool npz) {
+  std::string bytes = ReadFile(path);
+  std::string_view magic = std::string_view(bytes).substr(0, 6);
+  bool zip = magic.substr(0, 4) == "PK\x03\x04", npy = magic == "\x93NUMPY";
+  if (zip && !npz) throw UsageError(path + ": is an .npz archive of several arrays: pass it as --inputs " + path);
+  if (npy && npz) {
+    throw UsageError(path + ": is one .npy array, not an .npz archive: pass it as --input [NAME=]" + path);
+  }
+  if (!zip && !npy) {
+    const char* what = npz ? "an .npz archive (np.savez writes one)" : "a .npy file (np.save writes one)";
+    throw UsageError(path + ": is not " + what + ": it starts with " + PyRepr(magic, true));
+  }
+  return bytes;
+}
+
+// The array of .npy bytes, in a tensor of its own (TVM's alignment; the bytes are freed after).
+ffi::Tensor TensorOfNpy(std::string_view bytes, const std::string& source) {
+  NpyView array;
+  try {
+    array = ParseNpy(bytes);
+  } catch (const FormatError& err) {
+    throw UsageError(source + ": cannot be read as .npy: " + err.what());
+  }
+  ffi::Tensor tensor = Allocate(array.shape, array.dtype);
+  std::memcpy(MutableBytes(tensor), array.data.data(), array.data.size());
+  return tensor;
+}
+
+// The arrays of an .npz keyed by input name, each checked to be one of the model's (np.savez names its entries
+// NAME.npy; np.load keys them NAME).
+void ReadNpz(const std::string& path, const Signature& signature, std::map<std::string, Given>* given) {
+  std::string bytes = ReadArrayFile(path, true);
+  std::vector<ZipEntry> entries;
+  try {
+    entries = ReadZip(bytes);
+  } catch (const FormatError& err) {
+    throw UsageError(path + ": cannot be read as .npz: " + err.what());
+  }
+  for (const ZipEntry& entry : entries) {
+    bool npy = entry.name.size() > 4 && entry.name.compare(entry.name.size() - 4, 4, ".npy") == 0;
+    std::string key = npy ? entry.name.substr(0, entry.name.size() - 4) : entry.name;
+    if (!signature.HasInput(key)) {
+      throw UsageError(path + ": holds " + PyRepr(key) + ", which is no input of the model; it takes " +
+                       signature.Listing());
+    }
+    if (entry.method != kStored || (entry.flags & kEncrypted) != 0) {
+      // A decompressor (zlib) would be a library beyond TVM's runtime on every device; np.savez needs none.
+      throw UsageError(path + ": input " + PyRepr(key) + " is " +
+                       (entry.method != kStored ? "compressed (np.savez_compressed)" : "encrypted") +
+                       "; bnn-run reads the uncompressed .npz of np.savez: save the inputs with np.savez");
+    }
+    std::string source = path + "[" + key + "]";
+    if (Crc32(entry.data) != entry.crc) {
+      throw UsageError(source + ": cannot be read as .npy: its CRC-32 does not match");
+    }
+    given->insert_or_assign(key, Given{TensorOfNpy(entry.data, source), source});
+  }
+}
+
+// NAME=PATH when NAME is one of the model's inputs (a path may hold an '=' too), else a path. A NAME= that is no
+// input, in an argument that is no existing file either, is taken for a misspelt name.
+std::pair<std::optional<std::string>, std::string> SplitName(const std::string& text, const Signature& signature) {
+  size_t equals = text.find('=');
+  if (equals == std::string::npos) return {std::nullopt, text};
+  std::string name = text.substr(0, equals);
+  if (signature.HasInput(name)) return {name, text.substr(equals + 1)};
+  struct stat status;
+  if (stat(text.c_str(), &status) != 0 && name.find('/') == std::string::npos) {
+    throw UsageError(text + ": the model has no input " + PyRepr(name) + "; it takes " + signature.Names(true));
+  }
+  return {std::nullopt, text};
+}
+
+// Unless `given` has `spec`'s shape and dtype: the message `bnn-tvm run` gives (Signature.check), hints included.
+void Check(const TensorSpec& spec, const Given& given) {
+  std::vector<int64_t> shape = ShapeOf(given.tensor);
+  std::string dtype = DTypeText(given.tensor.dtype());
+  if (shape == spec.shape && dtype == spec.dtype) return;
+  std::string hint;
+  if (shape.size() + 1 == spec.shape.size() && std::equal(shape.begin(), shape.end(), spec.shape.begin() + 1)) {
+    hint = " (the batch dimension is missing: x[None] adds it)";
+  } else if (shape == spec.shape) {
+    hint = " (x.astype('" + spec.dtype + "') converts it)";
+  }
+  throw UsageError(given.source + ": input " + PyRepr(spec.name) + " is " + Describe(dtype, shape) +
+                   ", the model takes " + spec.Describe() + hint);
+}
+
+template <typename T, typename Wide>
+void FillIntegers(char* bytes, size_t n, std::mt19937* rng) {
+  // Wide: uniform_int_distribution takes no char types, which int8_t and uint8_t are.
+  std::uniform_int_distribution<Wide> values(std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
+  for (size_t i = 0; i < n; ++i) reinterpret_cast<T*>(bytes)[i] = static_cast<T>(values(*rng));
+}
+
+template <typename T>
+void FillNormal(char* bytes, size_t n, std::mt19937* rng) {
+  std::normal_distribution<T> normal;
+  for (size_t i = 0; i < n; ++i) reinterpret_cast<T*>(bytes)[i] = normal(*rng);
+}
+
+// Standard normal floats, integers over the dtype's whole range, 0/1 booleans: what bnn_tvm.signature
+// .random_array makes, from another generator (mt19937), so other numbers than Python's for the same seed.
+ffi::Tensor RandomInput(const TensorSpec& spec, uint32_t seed) {
+  DLDataType t = ffi::StringToDLDataType(spec.dtype);
+  ffi::Tensor tensor = Allocate(spec.shape, t);
+  size_t n = ElementCount(spec.shape);
+  char* bytes = MutableBytes(tensor);
+  std::mt19937 rng(seed);
+  switch (t.lanes == 1 ? t.code << 8 | t.bits : -1) {  // vector types: none of these
+    case kDLFloat << 8 | 32: FillNormal<float>(bytes, n, &rng); break;
+    case kDLFloat << 8 | 64: FillNormal<double>(bytes, n, &rng); break;
+    case kDLInt << 8 | 8: FillIntegers<int8_t, int64_t>(bytes, n, &rng); break;
+    case kDLInt << 8 | 16: FillIntegers<int16_t, int64_t>(bytes, n, &rng); break;
+    case kDLInt << 8 | 32: FillIntegers<int32_t, int64_t>(bytes, n, &rng); break;
+    case kDLInt << 8 | 64: FillIntegers<int64_t, int64_t>(bytes, n, &rng); break;
+    case kDLUInt << 8 | 8: FillIntegers<uint8_t, uint64_t>(bytes, n, &rng); break;
+    case kDLUInt << 8 | 16: FillIntegers<uint16_t, uint64_t>(bytes, n, &rng); break;
+    case kDLUInt << 8 | 32: FillIntegers<uint32_t, uint64_t>(bytes, n, &rng); break;
+    case kDLUInt << 8 | 64: FillIntegers<uint64_t, uint64_t>(bytes, n, &rng); break;
+    case kDLBool << 8 | 8: {
+      std::uniform_int_distribution<int> bit(0, 1);
+      for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<char>(bit(rng));
+      break;
+    }
+    default:
+      throw UsageError("cannot make a random " + spec.dtype + " input for " + PyRepr(spec.name) +
+                       ": give it with --input " + spec.name + "=FILE.npy");
+  }
+  return tensor;
+}
+
+// ------------------------------------------------------------------ outputs
+
 template <typename T>
 void Summarize(const ffi::Tensor& out, double* min, double* max, double* mean, size_t* argmax) {
-  const T* values = reinterpret_cast<const T*>(Bytes(out));
-  size_t n = ElementCount(std::vector<int64_t>(out.shape().begin(), out.shape().end()));
+  const T* values = reinterpret_cast<const T*>(Bytes(out).data());
+  size_t n = ElementCount(ShapeOf(out));
   size_t row = out.shape().size() ? n / std::max<int64_t>(out.shape()[0], 1) : n;  // argmax of batch item 0
   *min = std::numeric_limits<double>::infinity();
   *max = -*min;
@@ -351,7 +1012,7 @@ void Summarize(const ffi::Tensor& out, double* min, double* max, double* mean, s
   *mean = n ? sum / n : 0;
 }
 
-void PrintOutput(size_t index, const ffi::Tensor& out) {
+void PrintOutput(const std::string& name, const ffi::Tensor& out) {
   DLDataType t = out.dtype();
   double min = 0, max = 0, mean = 0;
   size_t argmax = 0;
@@ -361,9 +1022,18 @@ void PrintOutput(size_t index, const ffi::Tensor& out) {
   else if (t.code == kDLInt && t.bits == 32) Summarize<int32_t>(out, &min, &max, &mean, &argmax);
   else if (t.code == kDLInt && t.bits == 64) Summarize<int64_t>(out, &min, &max, &mean, &argmax);
   else if (t.code == kDLUInt && t.bits == 8) Summarize<uint8_t>(out, &min, &max, &mean, &argmax);
-  std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
-  std::printf("output %zu: shape %s %s; min %.6g max %.6g mean %.6g; argmax %zu\n", index, ShapeText(shape).c_str(),
-              DTypeText(t).c_str(), min, max, mean, argmax);
+  std::printf("output %s: shape %s %s; min %.6g max %.6g mean %.6g; argmax %zu\n", PyRepr(name).c_str(),
+              ListText(ShapeOf(out)).c_str(), DTypeText(t).c_str(), min, max, mean, argmax);
+}
+
+// The outputs' names: the signature's, or, for a model whose signature does not list what it returns (bnn-tvm
+// before 0.4), `prefix` and the index, as the Python CLI prints ("0") and saves ("output_0") them.
+std::vector<std::string> OutputNames(const Signature& signature, size_t count, const std::string& prefix) {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < count; ++i) {
+    names.push_back(signature.outputs.size() == count ? signature.outputs[i].name : prefix + std::to_string(i));
+  }
+  return names;
 }
 
 // ------------------------------------------------------------------ threads
@@ -417,16 +1087,24 @@ int ConfigureThreads(int requested) {
 // ------------------------------------------------------------------ command line
 
 struct Options {
-  std::string model, input, output;
+  std::string model;
+  std::string inputs;              // --inputs: an .npz keyed by input name
+  std::vector<std::string> input;  // each --input: [NAME=]FILE.npy
+  std::string output;
   int repeat = 0, threads = 0;
   uint32_t seed = 0;
 };
 
 const char* kUsage =
-    "usage: bnn-run model.so [--input x.npy] [--output y.npy] [--repeat N] [--threads T] [--seed S]\n"
-    "  Run a model compiled by `bnn-tvm compile`. Without --input: a random input of the model's recorded\n"
-    "  shape. --repeat N: median latency of N runs after a warm-up. --threads T: TVM threads (default one\n"
-    "  per physical core).\n";
+    "usage: bnn-run model.so [--inputs x.npz] [--input [NAME=]x.npy ...] [--output y.npy] [--repeat N]\n"
+    "               [--threads T] [--seed S]\n"
+    "  Run a model compiled by `bnn-tvm compile` (as `bnn-tvm run` does, without Python).\n"
+    "  --inputs x.npz: the model's inputs keyed by input name (np.savez(path, name=array, ...); uncompressed,\n"
+    "  not np.savez_compressed). --input [NAME=]x.npy: one input, named or the next one not given yet; repeat\n"
+    "  it for several. Every input given neither way is random (input i: seed S + i, default S = 0); bnn-run\n"
+    "  prints their names, dtypes and shapes. --output y.npy: one output .npy, several an .npz keyed by\n"
+    "  output name (y.npz). --repeat N: median latency of N runs after a warm-up. --threads T: TVM threads\n"
+    "  (default one per physical core).\n";
 
 int PositiveInt(const std::string& flag, const std::string& value, int minimum) {
   size_t used = 0;
@@ -451,14 +1129,32 @@ Options ParseArguments(int argc, char** argv) {
       std::exit(0);
     }
     if (arg.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
-      std::string value = argv[++i];
-      if (arg == "--input") options.input = value;
-      else if (arg == "--output") options.output = value;
-      else if (arg == "--repeat") options.repeat = PositiveInt(arg, value, 1);
-      else if (arg == "--threads") options.threads = PositiveInt(arg, value, 1);
-      else if (arg == "--seed") options.seed = static_cast<uint32_t>(PositiveInt(arg, value, 0));
-      else throw UsageError("unknown option " + arg + " (bnn-run --help)");
+      // --flag VALUE or, as argparse takes it too, --flag=VALUE (the first '=': --input=image=x.npy)
+      size_t equals = arg.find('=');
+      std::string flag = arg.substr(0, equals), value;
+      if (equals != std::string::npos) {
+        value = arg.substr(equals + 1);
+      } else if (i + 1 < argc) {
+        value = argv[++i];
+      } else {
+        throw UsageError(flag + " needs a value");
+      }
+      if (flag == "--input") {
+        options.input.push_back(value);
+      } else if (flag == "--inputs") {
+        if (!options.inputs.empty()) throw UsageError("--inputs is given twice: put every input in one .npz");
+        options.inputs = value;
+      } else if (flag == "--output") {
+        options.output = value;
+      } else if (flag == "--repeat") {
+        options.repeat = PositiveInt(flag, value, 1);
+      } else if (flag == "--threads") {
+        options.threads = PositiveInt(flag, value, 1);
+      } else if (flag == "--seed") {
+        options.seed = static_cast<uint32_t>(PositiveInt(flag, value, 0));
+      } else {
+        throw UsageError("unknown option " + flag + " (bnn-run --help)");
+      }
     } else if (options.model.empty()) {
       options.model = arg;
     } else {
@@ -469,46 +1165,70 @@ Options ParseArguments(int argc, char** argv) {
   return options;
 }
 
-std::string OutputPath(const std::string& path, size_t index) {
-  if (index == 0) return path;  // further outputs: y.npy -> y.1.npy, y.2.npy, ...
-  size_t dot = path.rfind(".npy");
-  return (dot == std::string::npos ? path : path.substr(0, dot)) + "." + std::to_string(index) + ".npy";
+// The model's inputs in its order, from --inputs and --input as `bnn-tvm run` takes them, with its messages;
+// every input given neither way is random (input i: seed + i) and said so.
+std::vector<ffi::Tensor> ReadInputs(const Signature& signature, const Options& options) {
+  std::map<std::string, Given> given;
+  if (!options.inputs.empty()) ReadNpz(options.inputs, signature, &given);
+  for (const std::string& text : options.input) {
+    auto [name, path] = SplitName(text, signature);
+    if (!name) {
+      auto next = std::find_if(signature.inputs.begin(), signature.inputs.end(),
+                               [&](const TensorSpec& s) { return given.count(s.name) == 0; });
+      if (next == signature.inputs.end()) {
+        throw UsageError(path + ": every input of the model is already given (" + signature.Names(false) + ")");
+      }
+      name = next->name;
+    } else if (given.count(*name) != 0) {
+      throw UsageError(path + ": input " + PyRepr(*name) + " is given twice (also " + given.at(*name).source + ")");
+    }
+    given.insert_or_assign(*name, Given{TensorOfNpy(ReadArrayFile(path, false), path), path});
+  }
+  std::vector<ffi::Tensor> inputs;
+  std::vector<std::string> randoms;
+  for (size_t i = 0; i < signature.inputs.size(); ++i) {
+    const TensorSpec& spec = signature.inputs[i];
+    auto found = given.find(spec.name);
+    if (found != given.end()) {
+      Check(spec, found->second);
+      inputs.push_back(found->second.tensor);
+    } else {
+      uint32_t seed = options.seed + static_cast<uint32_t>(i);
+      inputs.push_back(RandomInput(spec, seed));
+      randoms.push_back("random input " + PyRepr(spec.name) + " " + spec.Describe() + " (seed " +
+                        std::to_string(seed) + ")");
+    }
+  }
+  for (const std::string& line : randoms) std::printf("%s\n", line.c_str());  // after every check, as Python says them
+  return inputs;
 }
 
 int Run(const Options& options) {
   int threads = ConfigureThreads(options.threads);
   ffi::Module vm = LoadVirtualMachine(options.model);
   ffi::Function model = VmFunction(vm, "main", options.model);
-  std::string signature_json(VmFunction(vm, kSignatureFunction, options.model)().cast<ffi::String>());
-  size_t inputs = 0;
-  Signature signature = ParseSignature(signature_json, &inputs);
-  if (inputs != 1) {
-    throw UsageError(options.model + " takes " + std::to_string(inputs) + " inputs; bnn-run feeds one");
-  }
-  ffi::Tensor input;
-  if (options.input.empty()) {
-    input = RandomInput(signature, options.seed);
-    std::printf("random input %s %s (seed %u)\n", ShapeText(signature.shape).c_str(),
-                DTypeText(signature.dtype).c_str(), options.seed);
-  } else {
-    input = InputFromFile(options.input, signature);
-  }
-  std::vector<ffi::Tensor> outputs = Outputs(model(input));
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    PrintOutput(i, outputs[i]);
-    if (!options.output.empty()) {
-      const ffi::Tensor& out = outputs[i];
-      std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
-      WriteNpy(OutputPath(options.output, i), shape, out.dtype(), Bytes(out));
-      std::printf("saved output %zu to %s\n", i, OutputPath(options.output, i).c_str());
+  Signature signature = ReadSignature(vm, options.model);
+  std::vector<ffi::Tensor> inputs = ReadInputs(signature, options);
+  std::vector<ffi::Tensor> outputs = Outputs(Call(model, inputs));
+  std::vector<std::string> printed = OutputNames(signature, outputs.size(), "");
+  for (size_t i = 0; i < outputs.size(); ++i) PrintOutput(printed[i], outputs[i]);
+  if (!options.output.empty()) {
+    // One output: the .npy asked for. Several: one .npz keyed by output name, y.npy made y.npz (said below).
+    if (outputs.size() == 1) {
+      WriteNpy(options.output, outputs[0]);
+      std::printf("saved the output to %s\n", options.output.c_str());
+    } else {
+      std::string path = Suffix(options.output) == ".npz" ? options.output : WithSuffix(options.output, ".npz");
+      WriteNpz(path, OutputNames(signature, outputs.size(), "output_"), outputs);
+      std::printf("saved %zu outputs to %s\n", outputs.size(), path.c_str());
     }
   }
   if (options.repeat > 0) {
     std::vector<double> ms;
-    model(input);  // warm-up beyond the first call: caches, the thread pool's spin-up
+    Call(model, inputs);  // warm-up beyond the first call: caches, the thread pool's spin-up
     for (int i = 0; i < options.repeat; ++i) {
       auto start = std::chrono::steady_clock::now();
-      model(input);
+      Call(model, inputs);
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
     std::sort(ms.begin(), ms.end());
