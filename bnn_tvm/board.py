@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -140,21 +144,250 @@ def _accepts(host: str, port: int) -> bool:
 
 def tracker_keys(host: str, port: int) -> dict:
     """The tracker's queue: {key: free servers}."""
-    from tvm import rpc
-
-    summary = rpc.connect_tracker(host, port).summary()
+    summary = tracker_summary(f"{host}:{port}")
     return {key: info.get("free", 0) for key, info in summary.get("queue_info", {}).items()}
 
 
 def registered_boards(host: str, port: int, key: str) -> list[tuple[str, int]]:
     """The addresses of the servers registered under ``key`` at the tracker, free or busy (a busy server keeps
     its tracker connection while it serves a session, so it stays listed until it dies)."""
-    from tvm import rpc
-
-    if not _accepts(host, port):  # connect_tracker would retry for a minute
-        raise BoardError(f"no tracker at {host}:{port}")
-    summary = rpc.connect_tracker(host, port).summary()
+    summary = tracker_summary(f"{host}:{port}")
     return [tuple(s["addr"]) for s in summary.get("server_info", []) if s.get("key") == f"server:{key}"]
+
+
+# ------------------------------------------------------------------ sessions through a tracker
+#
+# TVM's own client (rpc.connect_tracker(...).request(key)) retries a refused connection for a minute, logging
+# "retry in 5 secs", and waits for a board of the key with no time limit: a wrong key hangs silently. These
+# speak the tracker's protocol (tvm.rpc.base: magic, then length-prefixed JSON) on a socket with time limits.
+
+# Seconds to reach a tracker and for it to answer one question: it answers at once unless it is not a tracker.
+TRACKER_TIMEOUT = 5.0
+# Seconds a board the tracker handed out has to accept the session: it answers at once unless its address is not
+# reachable from here (a board that registered a private address) or it died after the tracker matched it.
+BOARD_CONNECT_TIMEOUT = 60.0
+# While waiting for a free board, how often to check that the key still has boards registered.
+_POLL = 2.0
+
+
+def _tracker_socket(host: str, port: int) -> socket.socket:
+    """A socket to the tracker at ``host:port`` after the tracker handshake, or BoardError naming why not."""
+
+    def unreachable(reason: str) -> BoardError:
+        return BoardError(f"cannot reach the RPC tracker at {host}:{port}: {reason}")
+
+    try:
+        sock = socket.create_connection((host, port), timeout=TRACKER_TIMEOUT)
+    except ConnectionRefusedError:
+        raise unreachable("connection refused") from None
+    except TimeoutError:
+        raise unreachable(f"no answer within {TRACKER_TIMEOUT:g} s") from None
+    except socket.gaierror as err:
+        raise unreachable(f"unknown host ({err.strerror})") from None
+    except OSError as err:
+        raise unreachable((err.strerror or str(err)).lower()) from None
+    from tvm.rpc import base  # after the connection: a dead tracker is named without waiting for TVM to import
+
+    try:
+        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+        magic = struct.unpack("<i", base.recvall(sock, 4))[0]
+    except TimeoutError:
+        sock.close()
+        raise unreachable(f"it is not an RPC tracker (no answer to the tracker handshake within "
+                          f"{TRACKER_TIMEOUT:g} s)") from None
+    except OSError:  # recvall raises IOError("connection reset") when the peer closes
+        sock.close()
+        raise unreachable("it is not an RPC tracker (it closed the connection at the tracker handshake)") from None
+    if magic != base.RPC_TRACKER_MAGIC:
+        sock.close()
+        raise unreachable("it is not an RPC tracker (wrong answer to the tracker handshake)")
+    return sock
+
+
+def _send(sock: socket.socket, address: str, message: list) -> None:
+    from tvm.rpc import base
+
+    try:
+        sock.settimeout(TRACKER_TIMEOUT)
+        base.sendjson(sock, message)
+    except OSError as err:
+        raise BoardError(f"the RPC tracker at {address} closed the connection ({err})") from None
+
+
+def _receive(sock: socket.socket, address: str):
+    """The tracker's next message, which it sends within TRACKER_TIMEOUT."""
+    from tvm.rpc import base
+
+    try:
+        sock.settimeout(TRACKER_TIMEOUT)
+        return base.recvjson(sock)
+    except TimeoutError:
+        raise BoardError(f"the RPC tracker at {address} did not answer within {TRACKER_TIMEOUT:g} s") from None
+    except OSError as err:
+        raise BoardError(f"the RPC tracker at {address} closed the connection ({err})") from None
+
+
+def tracker_summary(tracker: str) -> dict:
+    """The tracker's ``summary()`` (``queue_info``: {key: {free, pending}}, ``server_info``: [{key, addr}]),
+    asked within a few seconds.
+
+    Raises
+    ------
+    BoardError
+        ``cannot reach the RPC tracker at HOST:PORT: connection refused`` (or the reason), at once.
+    """
+    from tvm.rpc.base import TrackerCode
+
+    host, port = parse_address(tracker)
+    with _tracker_socket(host, port) as sock:
+        _send(sock, f"{host}:{port}", [TrackerCode.SUMMARY])
+        answer = _receive(sock, f"{host}:{port}")
+    if not isinstance(answer, list) or answer[:1] != [TrackerCode.SUCCESS]:
+        raise BoardError(f"the RPC tracker at {host}:{port} gave a summary it should not: {answer!r}")
+    return answer[1]
+
+
+def served_keys(summary: dict) -> dict[str, tuple[int, int]]:
+    """{key: (boards registered, boards free)} of a tracker's ``summary()``, for keys with a board registered
+    (the queue also lists keys that were only ever asked for)."""
+    totals: dict[str, int] = {}
+    for server in summary.get("server_info", []):
+        kind, _, key = str(server.get("key", "")).partition(":")
+        if kind == "server":
+            totals[key] = totals.get(key, 0) + 1
+    queue = summary.get("queue_info", {})
+    return {key: (total, min(total, queue.get(key, {}).get("free", 0))) for key, total in sorted(totals.items())}
+
+
+def _what_it_serves(summary: dict) -> str:
+    served = served_keys(summary)
+    if not served:
+        return "it serves no board"
+    return "it serves: " + ", ".join(f"{key!r} ({total} board{'s' * (total != 1)}, {free} free)"
+                                     for key, (total, free) in served.items())
+
+
+def _not_registered(tracker: str, key: str, summary: dict) -> BoardError:
+    return BoardError(f"no board of key {key!r} is registered at the RPC tracker {tracker}; "
+                      f"{_what_it_serves(summary)}")
+
+
+def check_key_served(tracker: str, key: str, timeout: float = 0.0) -> int:
+    """The number of boards registered under ``key`` at ``tracker`` (``HOST:PORT``), free or busy; waits up to
+    ``timeout`` seconds for one to register (0: asks once). For the start of a run that needs the key's boards,
+    so that a wrong key or a dead tracker fails at once rather than at the first measurement.
+
+    Raises
+    ------
+    BoardError
+        If the tracker cannot be reached (at once), or no board of ``key`` is registered, naming the keys the
+        tracker serves with their boards and free boards.
+    """
+    host, port = parse_address(tracker)
+    address = f"{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = tracker_summary(address)
+        boards = served_keys(summary).get(key, (0, 0))[0]
+        if boards:
+            return boards
+        if time.monotonic() + 0.5 > deadline:
+            if timeout > 0:
+                raise BoardError(f"no board of key {key!r} registered at the RPC tracker {address} within "
+                                 f"{timeout:g} s; {_what_it_serves(summary)}")
+            raise _not_registered(address, key, summary)
+        time.sleep(0.5)
+
+
+def request_session(tracker: str, key: str, timeout: float = 30.0, session_timeout: int = 600):
+    """An RPC session on a free board of ``key`` registered at ``tracker`` (``HOST:PORT``), waiting at most
+    ``timeout`` seconds for one to be free. ``session_timeout``: seconds the board serves the session.
+
+    The same session as TVM's ``rpc.connect_tracker(host, port).request(key, session_timeout=...)``, without
+    its minute of retries against a dead tracker and its unbounded wait for a key nobody serves.
+
+    Raises
+    ------
+    BoardError
+        At once if the tracker cannot be reached (``cannot reach the RPC tracker at HOST:PORT: REASON``) or has
+        no board of ``key`` registered; after ``timeout`` seconds if none became free, or as soon as the key's
+        last board is gone; if the board the tracker handed out does not accept the session. The messages name
+        the key and what the tracker serves (keys with their boards and free boards).
+    """
+    from tvm import rpc
+    from tvm.rpc.base import TrackerCode
+
+    if not timeout > 0:
+        raise ValueError(f"the RPC timeout must be a positive number of seconds, got {timeout}")
+    host, port = parse_address(tracker)
+    address = f"{host}:{port}"
+    deadline = time.monotonic() + timeout
+    summary = tracker_summary(address)
+    if key not in served_keys(summary):
+        raise _not_registered(address, key, summary)
+    with _tracker_socket(host, port) as sock:
+        _send(sock, address, [TrackerCode.REQUEST, key, "", 1])  # what TrackerSession.request sends
+        # The tracker answers when a board of the key is free; closing the socket withdraws the request.
+        while not select.select([sock], [], [], max(0.0, min(_POLL, deadline - time.monotonic())))[0]:
+            summary = tracker_summary(address)
+            if key not in served_keys(summary):
+                raise BoardError(f"the boards of key {key!r} left the RPC tracker {address} while waiting for "
+                                 f"one to be free; {_what_it_serves(summary)}")
+            if time.monotonic() >= deadline:
+                raise BoardError(f"no board of key {key!r} at the RPC tracker {address} became free within "
+                                 f"{timeout:g} s; {_what_it_serves(summary)}")
+        answer = _receive(sock, address)
+    if not isinstance(answer, list) or answer[:1] != [TrackerCode.SUCCESS]:
+        raise BoardError(f"the RPC tracker at {address} refused the request for key {key!r}: {answer!r}")
+    board_host, board_port, matchkey = answer[1]
+    outcome = {}
+
+    def connect():
+        try:
+            outcome["session"] = rpc.connect(board_host, board_port, matchkey, session_timeout)
+        except Exception as err:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = err
+
+    # TVM's connect is one C++ call that cannot be interrupted; a board that does not answer costs a thread.
+    waiter = threading.Thread(target=connect, daemon=True)
+    waiter.start()
+    waiter.join(BOARD_CONNECT_TIMEOUT)
+    board = f"{board_host}:{board_port}"
+    if waiter.is_alive():
+        raise BoardError(f"the board of key {key!r} at {board} (from the RPC tracker {address}) did not accept "
+                         f"the session within {BOARD_CONNECT_TIMEOUT:g} s; is that address reachable from here?")
+    if "error" in outcome:
+        reason = next((line.strip() for line in str(outcome["error"]).splitlines() if line.strip()), "")
+        raise BoardError(f"the board of key {key!r} at {board} (from the RPC tracker {address}) refused the "
+                         f"session: {reason or type(outcome['error']).__name__}") from outcome["error"]
+    return outcome["session"]
+
+
+class _BelowLevel(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+# TVM's RPC loggers: "RPCServer" (tvm.rpc.base: the client's "Cannot connect to tracker ..., retry in 5 secs",
+# and the server's) and "RPCTracker". Each has its own stderr handler and does not propagate.
+RPC_LOGGERS = ("RPCServer", "RPCTracker")
+
+
+def quiet_rpc_logging(level: int = logging.ERROR) -> None:
+    """Drop TVM's RPC log records below ``level`` (its retry warnings) in this process, for a command line that
+    is not verbose: bnn-tvm says what went wrong in its own error line. Imports nothing of TVM.
+
+    A filter rather than a level: importing ``tvm.rpc`` sets these loggers' levels (to INFO) itself.
+    """
+    for name in RPC_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _BelowLevel)]:
+            logger.removeFilter(old)
+        logger.addFilter(_BelowLevel(level))
 
 
 # ------------------------------------------------------------------ emulated board

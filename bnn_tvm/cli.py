@@ -391,9 +391,13 @@ def _users_mistake(err: BaseException) -> bool:
 
 def _error_line(err: BaseException, args) -> str:
     """``error: <file>: <problem>``: the file is the one the error names, else the command's model."""
+    from .board import BoardError
+
     if isinstance(err, OSError) and err.filename is not None:
         return f"error: {err.filename}: {err.strerror or err}"
     message = str(err).strip()
+    if isinstance(err, BoardError):  # the tracker or the board, not a file, is what it names
+        return f"error: {message}"
     files = [str(getattr(args, name)) for name in ("model", "output", "inputs", "tuning_records", "log")
              if getattr(args, name, None)]
     files += [text.partition("=")[2] or text for text in getattr(args, "input", None) or ()]  # [NAME=]FILE
@@ -408,6 +412,9 @@ def main(argv=None) -> int:
         # TensorFlow's start-up lines (oneDNN, CUDA, TensorRT) around the one line that matters; a level the user
         # exported wins. This is the CLI's own process: the library never sets it.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from .board import quiet_rpc_logging
+
+        quiet_rpc_logging()  # TVM's "Cannot connect to tracker ..., retry in 5 secs": the error line says it
     try:
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - every failure ends in one line, a traceback only for bugs

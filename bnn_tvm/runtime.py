@@ -212,7 +212,7 @@ def load_remote(path: str | os.PathLike, tracker: str, key: str, session_timeout
     check_library(path, machine=None)
     session = request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
     session.upload(os.fspath(path))
-    model = CompiledModel(session.load_module(os.path.basename(path)), session.cpu())
+    model = CompiledModel(session.load_module(os.path.basename(path)), session.cpu(), path=path)
     model.session = session  # keep the connection alive as long as the model
     if threads is not None:  # a board is its own process: TVM's default affinity (big cores first) suits it
         model._runtime_function("runtime.config_threadpool")(_BIG_CORES, threads)
