@@ -249,3 +249,17 @@ def test_a_library_that_is_not_a_bnn_tvm_model_is_named(tmp_path):
                  if Path(p).exists())
     line = one_error_line(cli("run", other))
     assert "is not a bnn-tvm model (a shared library without a Relax executable)" in line, line
+
+
+def _rfft_model(_case):
+    import tensorflow as tf
+
+    image = tf.keras.Input((8, 8, 3))
+    spectrum = tf.keras.layers.Lambda(lambda t: tf.math.real(tf.signal.rfft2d(t)))(image)
+    return tf.keras.Model(image, spectrum)
+
+
+def test_an_operator_refused_in_a_tflite_is_the_only_line(tmp_path):
+    model = zoo.cached_tflite(Built("rfft2d"), builder=_rfft_model)
+    line = one_error_line(cli("compile", model, "-o", tmp_path / "m.so"))
+    assert "operator 0 (RFFT2D)" in line, line

@@ -24,6 +24,7 @@ from tvm.relax.frontend.tflite import tflite_frontend
 from .. import relay_ops as ops
 from ..relay_ops import PACKED_DTYPE
 from ..signature import with_names
+from .block_builder import drop_open_block
 from .model_file import ModelFileError, checked_model_file
 from .tflite_check import TYPE_NAMES, UnsupportedModelError, check_tflite, opcode_names
 
@@ -417,13 +418,29 @@ def from_tflite(model: str | os.PathLike | bytes) -> tvm.IRModule:
         check_tflite(data)
         graph = tflite.Model.GetRootAsModel(data, 0)
         _refuse_open_sizes(graph)
-        return with_names(tflite_frontend.from_tflite(graph, op_converter=LceOperatorConverter), *_io_names(graph))
+        return with_names(_convert(graph), *_io_names(graph))
     except UnsupportedModelError as err:
         raise UnsupportedModelError(f"{prefix}{err}") from err
     except (tvm.error.OpNotImplemented, NotImplementedError) as err:
         raise UnsupportedModelError(f"{prefix}{err}") from err
     except Exception as err:  # noqa: BLE001 - outside any one operator (graph inputs, outputs): still the model's fault
         raise UnsupportedModelError(f"{prefix}TVM's TFLite frontend failed: {_explain(err)}") from err
+
+
+def _convert(graph) -> tvm.IRModule:
+    """TVM's TFLite frontend with LCE's ops; a refused model leaves no open block behind (see block_builder)."""
+    converters = []
+
+    def converter(*args):
+        converters.append(LceOperatorConverter(*args))
+        return converters[-1]
+
+    try:
+        return tflite_frontend.from_tflite(graph, op_converter=converter)
+    except BaseException:
+        for made in converters:
+            drop_open_block(made.bb)
+        raise
 
 
 def _refuse_open_sizes(model) -> None:
