@@ -2,10 +2,11 @@
 
 Every measurement runs in a process of its own (``python -m bnn_tvm.bench worker ...``): TVM's thread-pool
 workers spin for a while after each call, and in a shared process they would steal time slices from the engine
-timed next. All engines get the same input (saved once as ``input.npy``, seed fixed), the same thread count,
-warm-up runs, then N timed runs (numpy in, numpy out, for every engine); a setting is repeated in R fresh
-processes and reported as the median of the processes' medians. Ratios are the other engines' medians over
-bnn-tvm's at the same thread count.
+timed next. All engines get the same inputs (the user's, as ``bnn-tvm run`` takes them, else random with a fixed
+seed), saved once as ``input.npz`` keyed by input name, the same thread count, warm-up runs, then N timed runs
+(numpy in, numpy out, for every engine); a setting is repeated in R fresh processes and reported as the median
+of the processes' medians. Ratios are the other engines' medians over bnn-tvm's at the same thread count. Every
+output is compared with bnn-tvm's, matched by name (else by position).
 
 Also measured: the bnn-tvm build's time per kernel (VM instrumentation, in the bnn-tvm worker at the first
 thread count), with binary convolutions' binary MACs per second against this core's popcount peak, which
@@ -59,8 +60,9 @@ class Subject:
 
 
 def check_arguments(model: str, threads: list[int], against: list[str], runs: int, repeat: int,
-                    warmup: int = 0) -> None:
-    """Raise BenchError naming the first bad argument."""
+                    warmup: int = 0, inputs_file=None, input_files=()) -> None:
+    """Raise BenchError naming the first bad argument (input files: only that they exist; what they hold is
+    checked against the model once it is compiled)."""
     unknown = [e for e in against if e not in ENGINES[1:]]
     if unknown:
         raise BenchError(f"unknown engine {unknown[0]!r}; engines to compare against: {', '.join(ENGINES[1:])}")
@@ -76,6 +78,12 @@ def check_arguments(model: str, threads: list[int], against: list[str], runs: in
         raise BenchError(f"{model!r} is neither a model file nor a larq-zoo architecture name")
     if _is_file_like(model) and not Path(model).exists():
         raise BenchError(f"no model file {model}")
+    if inputs_file is not None and not Path(inputs_file).exists():
+        raise BenchError(f"no input file {inputs_file}")
+    for text in map(str, input_files):  # [NAME=]FILE.npy: a path may hold an "=" too
+        path = text if Path(text).exists() else text.partition("=")[2] or text
+        if not Path(path).exists():
+            raise BenchError(f"no input file {path}")
 
 
 def _is_file_like(model: str) -> bool:
@@ -152,21 +160,38 @@ def _has_lce_ops(path: Path) -> bool:
 
 def worker(engine: str, model: Path, input_path: Path, threads: int, runs: int, warmup: int,
            output_path: Path | None = None, kernels: bool = False) -> dict:
-    """Time ``runs`` calls of one engine in this process (after ``warmup`` calls); the report of one worker."""
-    x = np.load(input_path)
+    """Time ``runs`` calls of one engine in this process (after ``warmup`` calls); the report of one worker.
+
+    ``input_path``: an .npz of the model's inputs keyed by input name (``save_inputs``), or the .npy of a
+    one-input model's input. Each engine takes them in its own model's order, matched by name, else by position
+    (``_arrange``). ``output_path``: the outputs of the first call are saved there, an .npz keyed by the engine's
+    own output names, in its order.
+    """
+    given = read_worker_inputs(input_path)
     compiled = None
     if engine == "bnn-tvm":
         from .runtime import load
 
-        call = compiled = load(model, threads=threads)  # before the first run, which makes the pool
-        in_use = compiled.threads()
-    elif engine == "lce":
-        from . import zoo
+        compiled = load(model, threads=threads)  # before the first run, which makes the pool
+        signature = compiled.signature()
+        x = _arrange("bnn-tvm", signature.names(), given)
+        in_use, output_names = compiled.threads(), [spec.name for spec in signature.outputs]
 
-        interpreter = zoo.lce_interpreter(model, num_threads=threads)
-        call, in_use = interpreter.predict, threads
+        def call(arrays):
+            return compiled(*arrays)
     else:
-        call, in_use = _tflite_runner(model, threads), threads
+        input_names, output_names = tflite_io_names(model)
+        x = _arrange(engine, input_names, given)
+        in_use = threads
+        if engine == "lce":
+            from . import zoo
+
+            interpreter = zoo.lce_interpreter(model, num_threads=threads)
+
+            def call(arrays):  # one array for a one-input model, as LCE's own examples call it
+                return interpreter.predict(arrays[0] if len(arrays) == 1 else list(arrays))
+        else:
+            call = _tflite_runner(model, threads)
     output = call(x)
     for _ in range(warmup):
         call(x)
@@ -176,12 +201,62 @@ def worker(engine: str, model: Path, input_path: Path, threads: int, runs: int, 
         call(x)
         samples.append(time.perf_counter() - start)
     if output_path is not None:
-        np.save(output_path, np.asarray(output[0] if isinstance(output, list) else output))
+        _save_outputs(output_path, output_names, output)
     report = {"engine": engine, "pid": os.getpid(), "threads": threads, "threads_in_use": in_use,
               "samples_ms": [s * 1e3 for s in samples]}
     if kernels and compiled is not None:
         report["kernels"] = per_kernel(compiled, x, runs)
     return report
+
+
+def save_inputs(path: Path, signature, arrays: list) -> Path:
+    """The model's inputs (``arrays``, in ``signature``'s order) to one .npz keyed by input name, which
+    ``worker`` (``--input``) takes; ``path``, written beside and renamed into place."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as file:  # a file object: np.savez would add .npz to a name without it
+        np.savez(file, **dict(zip(signature.names(), arrays, strict=True)))
+    os.replace(partial, path)
+    return path
+
+
+def read_worker_inputs(path: Path) -> dict[str, np.ndarray]:
+    """{input name: array} of an .npz by ``save_inputs``, in its order; a .npy's one array as {"": array}."""
+    with open(path, "rb") as file:
+        npy = file.read(6) == b"\x93NUMPY"
+    if npy:
+        return {"": np.load(path)}
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _arrange(engine: str, names: list[str], given: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``given`` in the order of ``names`` (an engine's model's inputs): by name when it names them all, else by
+    position (a one-input model whose engines name its input differently, or an unnamed .npy)."""
+    if set(names) == set(given) and len(names) == len(given):
+        return [given[name] for name in names]
+    if len(names) == len(given):
+        return list(given.values())
+    raise BenchError(f"the {engine} model takes {len(names)} input{'s' * (len(names) != 1)} ({', '.join(names)}), "
+                     f"given {len(given)} ({', '.join(given) or 'one unnamed'})")
+
+
+def _save_outputs(path: Path, names: list[str], output) -> None:
+    outputs = output if isinstance(output, (list, tuple)) else [output]
+    if len(set(names)) != len(outputs):  # names missing or repeated (a damaged .tflite's): by position
+        names = [f"output_{i}" for i in range(len(outputs))]
+    with open(path, "wb") as file:
+        np.savez(file, **{name: np.asarray(value) for name, value in zip(names, outputs, strict=True)})
+
+
+def tflite_io_names(model: Path) -> tuple[list[str], list[str]]:
+    """A .tflite's input and output names in its order, as bnn-tvm's frontend names them in a signature: the
+    serving signature's keys, else the tensors' names."""
+    import tflite
+
+    from .frontend.tflite import _io_names
+
+    return _io_names(tflite.Model.GetRootAsModel(Path(model).read_bytes(), 0))
 
 
 def _tflite_runner(model: Path, threads: int):
@@ -191,18 +266,24 @@ def _tflite_runner(model: Path, threads: int):
     # The default op resolver applies the XNNPACK delegate to float models.
     interpreter = tf.lite.Interpreter(model_content=Path(model).read_bytes(), num_threads=threads)
     interpreter.allocate_tensors()
-    given, taken = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    # Tensor details come in the model's order, the order of tflite_io_names.
+    given = [detail["index"] for detail in interpreter.get_input_details()]
+    taken = [detail["index"] for detail in interpreter.get_output_details()]
 
-    def call(x):
-        interpreter.set_tensor(given, x)
+    def call(arrays):
+        for index, x in zip(given, arrays, strict=True):
+            interpreter.set_tensor(index, x)
         interpreter.invoke()
-        return interpreter.get_tensor(taken)
+        outputs = [interpreter.get_tensor(index) for index in taken]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     return call
 
 
-def per_kernel(compiled, x: np.ndarray, runs: int = 10) -> list[dict]:
+def per_kernel(compiled, inputs, runs: int = 10) -> list[dict]:
     """Each kernel of a loaded bnn-tvm build: calls and milliseconds per inference, binary MACs per inference.
+
+    ``inputs``: the model's inputs in its order (a list of arrays; one array for a one-input model).
 
     Timed by the VM's instrument hook around each kernel call, so the interpreter's own overhead between
     kernels is left out; largest first.
@@ -230,13 +311,15 @@ def per_kernel(compiled, x: np.ndarray, runs: int = 10) -> list[dict]:
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - started[name]
         return 0
 
-    device_x = tvm.runtime.tensor(np.ascontiguousarray(x), compiled.device)
+    inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+    compiled.signature().check(inputs)
+    device_inputs = [tvm.runtime.tensor(np.ascontiguousarray(x), compiled.device) for x in inputs]
     compiled.vm.set_instrument(instrument)
-    compiled.vm["main"](device_x)  # records calls and shapes
+    compiled.vm["main"](*device_inputs)  # records calls and shapes
     recording[0] = False
     totals.clear()
     for _ in range(runs):
-        compiled.vm["main"](device_x)
+        compiled.vm["main"](*device_inputs)
     rows = [{"kernel": name, "calls": calls[name], "ms": total / runs * 1e3, "binary_macs": macs.get(name, 0)}
             for name, total in totals.items()]
     return sorted(rows, key=lambda row: -row["ms"])
@@ -244,7 +327,10 @@ def per_kernel(compiled, x: np.ndarray, runs: int = 10) -> list[dict]:
 
 def spawn_worker(engine: str, model: Path, input_path: Path, threads: int, runs: int, warmup: int,
                  result: Path, output_path: Path | None, kernels: bool) -> dict:
-    """``worker``'s report, timed in a process of its own (a spinning thread pool shares no time slice)."""
+    """``worker``'s report, timed in a process of its own (a spinning thread pool shares no time slice).
+
+    ``input_path``: the inputs' .npz keyed by input name (``save_inputs``), or a one-input model's .npy.
+    """
     command = [sys.executable, "-m", "bnn_tvm.bench", "worker", engine, str(model), "--input", str(input_path),
                "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup), "--result", str(result)]
     if output_path is not None:
@@ -324,7 +410,8 @@ def machine_info() -> dict:
 
 def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tflite"), runs: int = 10,
         repeat: int = 3, warmup: int = 3, out: str | os.PathLike = "bench", size: int = 224,
-        tuning_records: str | None = None, plot: bool = False, say=print) -> dict:
+        tuning_records: str | None = None, plot: bool = False, say=print, inputs_file=None, input_files=(),
+        seed: int = 0) -> dict:
     """Benchmark ``model`` (a model file or a larq-zoo architecture name) and write ``out``/bench.md and
     bench.json (and bench.png with ``plot``); returns what bench.json holds.
 
@@ -337,11 +424,17 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
     runs, repeat, warmup
         Each (engine, thread count) runs in ``repeat`` fresh processes, each timing ``runs`` calls after
         ``warmup`` untimed ones; the median is the median of the processes' medians.
+    inputs_file, input_files, seed
+        The inputs, as ``bnn-tvm run`` takes them (``--inputs FILE.npz``, ``--input [NAME=]FILE.npy`` repeated,
+        ``--seed``): an .npz keyed by input name, .npy files each named or the next input not given yet; every
+        input left out is random (seed ``seed`` plus the input's index). Checked against the compiled model
+        (``signature.InputError`` names the file and the input).
     """
     import bnn_tvm
 
     threads, against = list(threads), list(dict.fromkeys(against))
-    check_arguments(model, threads, against, runs, repeat, warmup)
+    input_files = [str(text) for text in input_files or ()]  # [NAME=]FILE.npy; Paths too
+    check_arguments(model, threads, against, runs, repeat, warmup, inputs_file, input_files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = out / "workers"
@@ -354,11 +447,12 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
     say(f"compiling {subject.description} for the host")
     so = bnn_tvm.compile(subject.bnn_model, target="host", tuning_records=tuning_records).export_library(
         out / f"{subject.name}.so")
-    shape, dtype = bnn_tvm.load(so).input_signature()
-    from . import zoo
+    from .signature import read_inputs
 
-    input_path = out / "input.npy"
-    np.save(input_path, zoo.random_input(shape, dtype, seed=0))
+    signature = bnn_tvm.load(so).signature()
+    arrays = read_inputs(signature, inputs_file, input_files, seed=seed, say=say)
+    input_path = save_inputs(out / "input.npz", signature, arrays)
+    sources = input_sources(signature, inputs_file, input_files)
 
     say("measuring the popcount peak of one core")
     peak = popcount_peak()
@@ -368,7 +462,7 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
         for n in threads:
             for engine in engines:
                 first = round_ == 0
-                output = workers / f"{engine}-{n}.npy" if first else None
+                output = workers / f"{engine}-{n}.npz" if first else None
                 report = spawn_worker(engine, subject.models.get(engine, so), input_path, n, runs, warmup,
                                        workers / f"{engine}-{n}-{round_}.json", output,
                                        kernels=first and engine == "bnn-tvm" and n == threads[0])
@@ -384,15 +478,21 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
         row["median_ms"] = statistics.median(row["process_medians_ms"])
         reference = results["bnn-tvm", n]
         row["vs_bnn_tvm"] = row["median_ms"] / reference["median_ms"]
-        ours, theirs = np.load(workers / f"bnn-tvm-{n}.npy"), np.load(workers / f"{engine}-{n}.npy")
-        ours, theirs = ours.astype(np.float64), theirs.astype(np.float64)  # packed int32 words differ exactly
-        row["max_abs_diff_vs_bnn_tvm"] = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else None
-        row["max_abs_output"] = float(np.abs(theirs).max())
+        row["outputs"] = compare_outputs(workers / f"bnn-tvm-{n}.npz", workers / f"{engine}-{n}.npz")
+        # Over all outputs (a single output's own): None if any output's shape differs or is missing.
+        diffs = [o["max_abs_diff_vs_bnn_tvm"] for o in row["outputs"]]
+        row["max_abs_diff_vs_bnn_tvm"] = None if None in diffs else max(diffs)
+        row["max_abs_output"] = max((o["max_abs_output"] for o in row["outputs"] if o["max_abs_output"] is not None),
+                                    default=None)
     report = {
         "model": model, "name": subject.name, "description": subject.description,
         "models": {"bnn-tvm": str(subject.bnn_model), **{e: str(p) for e, p in subject.models.items()}},
         "library": str(so), "tuning_records": tuning_records, "skipped": subject.skipped, "pid": os.getpid(),
-        "input": {"path": str(input_path), "shape": list(shape), "dtype": dtype, "seed": 0},
+        "input": {"path": str(input_path), "seed": seed, "tensors": [
+            {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype,
+             **({"source": source} if source else {"seed": seed + i})}
+            for i, (spec, source) in enumerate(zip(signature.inputs, sources, strict=True))]},
+        "outputs": [{"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype} for spec in signature.outputs],
         "threads": threads, "runs": runs, "repeat": repeat, "warmup": warmup, "machine": machine_info(),
         "peak": peak, "results": list(results.values()),
         "ratios": [{"threads": n, **{f"{e}/bnn-tvm": results[e, n]["vs_bnn_tvm"] for e in engines[1:]}}
@@ -406,6 +506,44 @@ def run(model: str, threads: list[int] = (1,), against: list[str] = ("lce", "tfl
     if plot:
         say(f"plot: {plot_report(report, out / 'bench.png')}")
     return report
+
+
+def input_sources(signature, inputs_file=None, input_files=()) -> list[str | None]:
+    """Where each of ``signature``'s inputs came from (``FILE.npz[NAME]``, ``FILE.npy``), None for a random one:
+    ``signature.read_inputs``' own resolution, for reports; call it once ``read_inputs`` accepted the files."""
+    from .signature import _split_name
+
+    names, given = signature.names(), {}
+    if inputs_file is not None:
+        with np.load(inputs_file) as archive:
+            given.update({key: f"{inputs_file}[{key}]" for key in archive.files})
+    for text in input_files:
+        name, path = _split_name(text, names)
+        given[name or next(n for n in names if n not in given)] = path
+    return [given.get(name) for name in names]
+
+
+def compare_outputs(ours: Path, theirs: Path) -> list[dict]:
+    """Each of bnn-tvm's outputs (an .npz of ``worker``'s) against another engine's: matched by name when the
+    engines name their outputs alike, else by position; the largest absolute difference (None when the shapes
+    differ or the engine gave no such output) and the other engine's largest absolute value."""
+    with np.load(ours) as mine, np.load(theirs) as other:
+        ours_named = {name: mine[name] for name in mine.files}
+        theirs_named = {name: other[name] for name in other.files}
+    by_name = set(ours_named) == set(theirs_named)
+    theirs_list = list(theirs_named.items())
+    rows = []
+    for i, (name, value) in enumerate(ours_named.items()):
+        match = (name, theirs_named[name]) if by_name else (theirs_list[i] if i < len(theirs_list) else (None, None))
+        other_name, other_value = match
+        row = {"name": name, "shape": list(value.shape), "engine_name": other_name,
+               "max_abs_diff_vs_bnn_tvm": None, "max_abs_output": None}
+        if other_value is not None:
+            a, b = value.astype(np.float64), other_value.astype(np.float64)  # packed int32 words differ exactly
+            row["max_abs_diff_vs_bnn_tvm"] = float(np.abs(a - b).max()) if a.shape == b.shape else None
+            row["max_abs_output"] = float(np.abs(b).max()) if b.size else 0.0
+        rows.append(row)
+    return rows
 
 
 def _kernel_table(rows: list[dict], peak: float, threads: int) -> dict:
@@ -433,8 +571,7 @@ def to_markdown(report: dict, top: int = 15) -> str:
         f"{peak['binary_macs_per_s'] / 1e9:.0f} G binary MACs/s ({peak['path']} loop in registers).",
         "",
         f"Each engine in its own process; median of {report['repeat']} processes' medians of {report['runs']} "
-        f"runs (after {report['warmup']} warm-up runs), same input ({'x'.join(map(str, report['input']['shape']))} "
-        f"{report['input']['dtype']}, seed {report['input']['seed']}).",
+        f"runs (after {report['warmup']} warm-up runs), {_inputs_phrase(report)}.",
         "",
         "| threads | engine | median ms | processes' medians ms | vs bnn-tvm | max abs diff vs bnn-tvm |",
         "|---:|---|---:|---|---:|---:|",
@@ -442,9 +579,7 @@ def to_markdown(report: dict, top: int = 15) -> str:
     for row in report["results"]:
         threads = f"{row['threads']}" + (f" ({row['threads_in_use']} in use)"
                                          if row["threads_in_use"] != row["threads"] else "")
-        diff = row["max_abs_diff_vs_bnn_tvm"]
-        diff = "-" if row["engine"] == "bnn-tvm" else ("shapes differ" if diff is None else
-                                                        f"{diff:.3g} (of {row['max_abs_output']:.3g})")
+        diff = "-" if row["engine"] == "bnn-tvm" else _diffs_cell(row)
         spread = ", ".join(f"{ms:.3f}" for ms in row["process_medians_ms"])
         lines.append(f"| {threads} | {ENGINE_LABELS[row['engine']]} | {row['median_ms']:.3f} | {spread} | "
                      f"{row['vs_bnn_tvm']:.2f}x | {diff} |")
@@ -468,6 +603,36 @@ def to_markdown(report: dict, top: int = 15) -> str:
         lines.append(f"| ({len(rest)} more) | {sum(r['calls'] for r in rest)} | {sum(r['ms'] for r in rest):.3f} | "
                      f"{sum(r['share'] for r in rest):.1%} | | |")
     return "\n".join(lines) + "\n"
+
+
+def _inputs_phrase(report: dict) -> str:
+    """"same input (1x64x64x3 float32, seed 0)", or each input's name, shape and source."""
+    tensors = report["input"]["tensors"]
+
+    def where(tensor):
+        return f"seed {tensor['seed']}" if "seed" in tensor else f"from {tensor['source']}"
+
+    def shape(tensor):
+        return f"{'x'.join(map(str, tensor['shape']))} {tensor['dtype']}"
+
+    if len(tensors) == 1:
+        return f"same input ({shape(tensors[0])}, {where(tensors[0])})"
+    return "same inputs (" + "; ".join(f"{t['name']} {shape(t)}, {where(t)}" for t in tensors) + ")"
+
+
+def _diffs_cell(row: dict) -> str:
+    """One output: "1.2e-06 (of 3.4)"; several: each by name, "logits 1.2e-06 (of 3.4); refined 0 (of 5)"."""
+    def cell(output):
+        if output["max_abs_output"] is None:
+            return "no such output"
+        if output["max_abs_diff_vs_bnn_tvm"] is None:
+            return "shapes differ"
+        return f"{output['max_abs_diff_vs_bnn_tvm']:.3g} (of {output['max_abs_output']:.3g})"
+
+    outputs = row["outputs"]
+    if len(outputs) == 1:
+        return cell(outputs[0])
+    return "; ".join(f"{output['name']} {cell(output)}" for output in outputs)
 
 
 def plot_report(report: dict, path: Path, top: int = 15) -> Path:
@@ -523,12 +688,13 @@ def main(argv=None) -> int:
     work = commands.add_parser("worker")
     work.add_argument("engine", choices=ENGINES)
     work.add_argument("model")
-    work.add_argument("--input", required=True)
+    work.add_argument("--input", required=True, help="the inputs' .npz keyed by input name (or a one-input "
+                                                     "model's .npy)")
     work.add_argument("--threads", type=int, required=True)
     work.add_argument("--runs", type=int, required=True)
     work.add_argument("--warmup", type=int, default=3)
     work.add_argument("--result", required=True, help="JSON file to write the report to")
-    work.add_argument("--output", help="save the engine's output to this .npy")
+    work.add_argument("--output", help="save the engine's outputs to this .npz, keyed by output name")
     work.add_argument("--kernels", action="store_true", help="bnn-tvm: also time each kernel")
     args = parser.parse_args(argv)
     report = worker(args.engine, Path(args.model), Path(args.input), args.threads, args.runs, args.warmup,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from tvm import relax
 from . import relay_ops  # noqa: F401  (registers relax.bnn.*)
 from . import targets as _targets
 from .schedule_pass import apply_default_schedules
-from .signature import SIGNATURE_FUNCTION, Signature
+from .signature import LEGACY_SIGNATURE_FUNCTION, SIGNATURE_FUNCTION, Signature
 
 
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -122,8 +123,12 @@ def _with_signature(mod: tvm.IRModule, named: tvm.IRModule) -> tvm.IRModule:
     ``named`` is the module as imported, whose ``main`` carries the frontend's output names."""
     signature = Signature.of(named)
     mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    function = relax.Function([], tvm.ir.StringImm(signature.to_json()), is_pure=True)
-    mod[SIGNATURE_FUNCTION] = function.with_attr("global_symbol", SIGNATURE_FUNCTION)
+    # The inputs' shapes and dtypes alone, as bnn-tvm before 0.4 recorded them, under their old name: what
+    # tools written for those .so files read (the reference ARM instrument, ../shared/armcount, does).
+    legacy = json.dumps([[list(s.shape), s.dtype] for s in signature.inputs])
+    for name, text in ((SIGNATURE_FUNCTION, signature.to_json()), (LEGACY_SIGNATURE_FUNCTION, legacy)):
+        function = relax.Function([], tvm.ir.StringImm(text), is_pure=True)
+        mod[name] = function.with_attr("global_symbol", name)
     return mod
 
 

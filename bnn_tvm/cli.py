@@ -180,7 +180,8 @@ def _profile(args) -> int:
     if args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
-    print(profile(args.model, target=args.target, threads=args.threads, reference=args.reference).report())
+    print(profile(args.model, target=args.target, threads=args.threads, reference=args.reference,
+                  inputs_file=args.inputs, input_files=args.input or (), seed=args.seed).report())
     return 0
 
 
@@ -188,10 +189,12 @@ def _bench(args) -> int:
     from . import bench
 
     try:
-        bench.check_arguments(args.model, args.threads, args.against, args.runs, args.repeat, args.warmup)
+        bench.check_arguments(args.model, args.threads, args.against, args.runs, args.repeat, args.warmup,
+                              inputs_file=args.inputs, input_files=args.input or ())
         bench.run(args.model, threads=args.threads, against=args.against, runs=args.runs, repeat=args.repeat,
                   warmup=args.warmup, out=args.out or f"bench-{Path(args.model).stem}", size=args.size,
-                  tuning_records=args.tuning_records, plot=args.plot, say=lambda line: print(line, flush=True))
+                  tuning_records=args.tuning_records, plot=args.plot, say=lambda line: print(line, flush=True),
+                  inputs_file=args.inputs, input_files=args.input or (), seed=args.seed)
     except bench.BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "and clock (default rpi4: Cortex-A72 at 1.5 GHz)")
     profile_cmd.add_argument("--threads", type=int, default=1, help="TVM threads (default 1); reports each thread")
     profile_cmd.add_argument("--reference", help="a float .tflite to count under TFLite with XNNPACK beside it")
+    _add_input_flags(profile_cmd)
     profile_cmd.set_defaults(func=_profile)
 
     bench_cmd = commands.add_parser(
@@ -331,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--out", help="folder for bench.md, bench.json, bench.png (default bench-MODEL)")
     bench_cmd.add_argument("--tuning-records", help="a folder written by `bnn-tvm tune`: bench the tuned build")
     bench_cmd.add_argument("--plot", action="store_true", help="also write bench.png (bar charts)")
+    _add_input_flags(bench_cmd)
     bench_cmd.set_defaults(func=_bench)
 
     tracker_cmd = commands.add_parser("tracker", help="start or stop a TVM RPC tracker",
@@ -398,7 +403,7 @@ def _error_line(err: BaseException, args) -> str:
     message = str(err).strip()
     if isinstance(err, BoardError):  # the tracker or the board, not a file, is what it names
         return f"error: {message}"
-    files = [str(getattr(args, name)) for name in ("model", "output", "inputs", "tuning_records", "log")
+    files = [str(getattr(args, name)) for name in ("model", "output", "inputs", "tuning_records", "log", "reference")
              if getattr(args, name, None)]
     files += [text.partition("=")[2] or text for text in getattr(args, "input", None) or ()]  # [NAME=]FILE
     if files and not any(f in message for f in files) and not any(Path(f).name in message for f in files):

@@ -13,7 +13,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .signature import SIGNATURE_FUNCTION, InputError, Signature  # noqa: F401 - InputError: what calls raise
+from .signature import LEGACY_SIGNATURE_FUNCTION, SIGNATURE_FUNCTION, Signature
+from .signature import InputError  # noqa: F401 - what calls raise, importable from here
 
 
 class CompiledModel:
@@ -59,7 +60,7 @@ class CompiledModel:
         """Names, shapes and dtypes of the model's inputs and outputs, as ``bnn_tvm.compile`` recorded them."""
         if self._signature is None:
             # A .so of bnn-tvm before 0.4 recorded its inputs only, under another name.
-            for name in (SIGNATURE_FUNCTION, "bnn_input_signature"):
+            for name in (SIGNATURE_FUNCTION, LEGACY_SIGNATURE_FUNCTION):
                 try:
                     recorded = self.vm[name]
                 except AttributeError:

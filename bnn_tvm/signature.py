@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SIGNATURE_FUNCTION = "bnn_signature"
+LEGACY_SIGNATURE_FUNCTION = "bnn_input_signature"  # before 0.4: the inputs' [[shape, dtype], ...] only
 INPUT_NAMES_ATTR, OUTPUT_NAMES_ATTR = "bnn_input_names", "bnn_output_names"
 
 
@@ -265,5 +266,5 @@ def save_outputs(path, signature: Signature, outputs: list) -> Path:
     return path
 
 
-__all__ = ["InputError", "OUTPUT_NAMES_ATTR", "SIGNATURE_FUNCTION", "Signature", "TensorSpec", "read_inputs",
+__all__ = ["InputError", "LEGACY_SIGNATURE_FUNCTION", "OUTPUT_NAMES_ATTR", "SIGNATURE_FUNCTION", "Signature", "TensorSpec", "read_inputs",
            "random_array", "save_outputs", "with_names"]

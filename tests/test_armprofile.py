@@ -2,7 +2,8 @@
 instrument (../shared/armcount), attribute binary MACs right, see every thread, and count TFLite beside it.
 
 One small model (QuickNetSmall at 64x64, as the board tests use), profiled three times (with the float
-reference, again without, with 4 threads) and once by armcount: each is two emulated runs of ~25 s.
+reference, again without, with 4 threads) and once by armcount: each is two emulated runs of ~25 s. The
+two-input model (``zoo.TwoInputCase``) once with its float reference, fed a given input and a random one.
 """
 
 import json
@@ -11,10 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bnn_tvm
 from bnn_tvm import armprofile, board, zoo
+from bnn_tvm.signature import InputError, random_array
+
+from .test_zoo import RTOL
 
 CASE = zoo.ZooCase("QuickNetSmall-64-logits", "QuickNetSmall", size=64)
 ARMCOUNT = Path(__file__).resolve().parents[2] / "shared" / "armcount"
@@ -37,10 +42,18 @@ def _instructions(profile):
     return {row.name: row.instructions for row in profile.kernels}
 
 
-def test_kernel_counts_repeat_exactly(rpi4_so, profiled):
-    again = armprofile.profile(rpi4_so, "rpi4")
+def test_kernel_counts_repeat_exactly(rpi4_so, profiled, tmp_path):
+    """Again, fed as an unnamed ``--input x.npy`` the array the first profile drew at random: the same counts,
+    the same outputs."""
+    (random,) = profiled.inputs
+    assert random["seed"] == 0 and random["shape"] == [1, 64, 64, 3] and "source" not in random
+    np.save(tmp_path / "x.npy", random_array(random["shape"], random["dtype"], 0))
+    again = armprofile.profile(rpi4_so, "rpi4", input_files=[str(tmp_path / "x.npy")])
+    assert again.inputs == [{**{k: v for k, v in random.items() if k != "seed"}, "source": str(tmp_path / "x.npy")}]
     assert _instructions(again) == _instructions(profiled)
     assert all(count == int(count) for count in _instructions(profiled).values())  # whole inferences, nothing else
+    assert list(again.outputs) == list(profiled.outputs) and len(again.outputs) == 1
+    np.testing.assert_array_equal(*(p.outputs[name] for p in (again, profiled) for name in p.outputs))
 
 
 def test_report_has_every_kernel_and_labels_estimates(profiled):
@@ -150,3 +163,87 @@ def test_cli_errors_name_the_problem(tmp_path, rpi4_so):
                           ((str(rpi4_so), "--threads", "0"), "--threads must be at least 1")]:
         done = cli(*args)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------------------------- several inputs
+
+TWO = zoo.TwoInputCase()
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    """The two-input model built for rpi4 and for the host, and a given image."""
+    folder = tmp_path_factory.mktemp("armprofile-two")
+    for target in ("rpi4", "host"):
+        bnn_tvm.compile(zoo.cached_tflite(TWO), target=target).export_library(folder / f"two-{target}.so")
+    np.save(folder / "image.npy", zoo.random_input((1, TWO.size, TWO.size, 3), seed=1))
+    return folder
+
+
+def test_every_input_is_fed_and_the_reference_gets_the_same(two_inputs):
+    """image given by name, features random (seed 3: input 0's): the board's outputs are the host's for those
+    inputs, so both were fed; the float reference (its own file, inputs matched by signature key) too."""
+    folder = two_inputs
+    image = np.load(folder / "image.npy")
+    result = armprofile.profile(folder / "two-rpi4.so", "rpi4", input_files=[f"image={folder / 'image.npy'}"],
+                                seed=3, reference=zoo.cached_stock_tflite(TWO))
+    assert result.inputs == [{"name": "features", "shape": [1, 8, 8, 32], "dtype": "float32", "seed": 3},
+                             {"name": "image", "shape": [1, 16, 16, 3], "dtype": "float32",
+                              "source": str(folder / "image.npy")}]
+    assert f"inputs: 'features' float32 [1,8,8,32] random (seed 3); 'image' float32 [1,16,16,3] from " \
+           f"{folder / 'image.npy'}" in result.report()
+    names = {row.name for row in result.kernels}
+    assert {"fused_conv2d_add", "fused_bnn_bconv2d_add1", "matmul"} <= names  # the image's path and the add's
+    host = bnn_tvm.load(folder / "two-host.so")(features=random_array((1, 8, 8, 32), "float32", 3), image=image)
+    for engine in (result, result.reference):
+        assert list(engine.outputs) == ["logits", "refined"]
+        for name, expected in zip(["logits", "refined"], host, strict=True):
+            # bnn-tvm on the board: within float32 rounding of the host's (bit-exact here); the float model under
+            # TFLite: its binary convolution is a float one of +-1, within rounding too (6e-7 of the largest
+            # output here). A tie at the binarization would flip a sign and show as a large difference.
+            scale = max(1.0, float(np.abs(expected).max()))
+            np.testing.assert_allclose(engine.outputs[name], expected, rtol=0,
+                                       atol=(RTOL if engine is result else 10 * RTOL) * scale)
+    assert result.reference.instructions > 0 and "same board, counter and inputs" in result.report()
+
+
+def test_inputs_that_do_not_fit_are_one_line_before_any_counted_run(two_inputs, tmp_path):
+    """Checked on the host against the signature read from the .so (cached), as `bnn-tvm run` checks them."""
+    so = two_inputs / "two-rpi4.so"
+    np.save(tmp_path / "small.npy", np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(InputError) as error:
+        armprofile.profile(so, "rpi4", input_files=[f"image={tmp_path / 'small.npy'}"])
+    assert str(error.value) == f"{tmp_path / 'small.npy'}: input 'image' is float32 [1,8,8,3], the model takes " \
+                               "float32 [1,16,16,3]"
+    # A reference is checked before the counted runs too: its inputs against the model's, and its ops.
+    one_input = zoo.cached_stock_tflite(CASE, builder=zoo.keras_logits_model)
+    with pytest.raises(armprofile.ProfileError) as error:
+        armprofile.profile(so, "rpi4", reference=one_input)
+    assert str(error.value) == f"{one_input}: the reference takes 1 input ('input_1'), the model 2 ('features', " \
+                               "'image')"
+    lce_made = zoo.cached_tflite(TWO)
+    with pytest.raises(armprofile.ProfileError) as error:
+        armprofile.profile(so, "rpi4", reference=lce_made)
+    assert str(error.value) == f"{lce_made}: an LCE-converted model (LceBconv2d, LceQuantize): the reference runs " \
+                               "under TFLite, which has no LCE kernels; give the float model of the stock TFLite " \
+                               "converter"
+
+
+def test_a_library_without_a_signature_is_one_line(tmp_path):
+    """A .so that bnn_tvm.compile did not make: the guest says so; the host reports that one line."""
+    import tvm
+    from tvm import relax
+
+    from bnn_tvm.targets import presets
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with builder.function("main", [x]):
+        builder.emit_func_output(builder.emit(relax.op.add(x, x)))  # a kernel: the library is built for aarch64
+    preset = presets()["rpi4"]
+    tvm.compile(builder.get(), preset.target()).export_library(
+        tmp_path / "plain.so", fcompile=tvm.support.cc.cross_compiler(preset.cross_compiler))
+    with pytest.raises(armprofile.ProfileError) as error:
+        armprofile.profile(tmp_path / "plain.so", "rpi4")
+    assert str(error.value) == f"{tmp_path / 'plain.so'}: has no recorded signature (bnn_signature): not a library " \
+                               "made by bnn_tvm.compile"

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 from bnn_tvm import bench, zoo
+from bnn_tvm.runtime import load
+from bnn_tvm.signature import random_array
 
 # test_zoo's smallest model; its binary layers are LCE's bit for bit, its float layers TVM's, so bnn-tvm and LCE
 # agree to float rounding: test_zoo's 1e-5 of the largest logit.
 ARCHITECTURE, SIZE, RTOL = "QuickNetSmall", 64, 1e-5
 CONV_CASE = zoo.ConvCase("packed-handoff", output="packed", channels_in=64, channels_out=33, strides=2)
+TWO = zoo.TwoInputCase()
 
 
 def bnn_tvm(*args):
@@ -64,10 +67,14 @@ def test_engines_agree_on_the_output(zoo_bench):
     rows = {row["engine"]: row for row in report["results"]}
     assert rows["lce"]["max_abs_diff_vs_bnn_tvm"] <= RTOL * rows["lce"]["max_abs_output"]
     assert rows["tflite"]["max_abs_diff_vs_bnn_tvm"] is not None  # reported, not judged: float drift
-    # The workers ran the same input, the one the report names.
-    x = np.load(report["input"]["path"])
-    assert list(x.shape) == [1, SIZE, SIZE, 3] == report["input"]["shape"]
+    # The workers ran the same input, the one the report names: random, seed 0, as before inputs could be given.
+    with np.load(report["input"]["path"]) as saved:
+        (name,) = saved.files
+        x = saved[name]
+    assert report["input"]["tensors"] == [{"name": name, "shape": [1, SIZE, SIZE, 3], "dtype": "float32", "seed": 0}]
     np.testing.assert_array_equal(x, zoo.random_input(x.shape, seed=0))
+    assert f"same input (1x{SIZE}x{SIZE}x3 float32, seed 0)" in (out / "bench.md").read_text()
+    assert [o["name"] for o in rows["lce"]["outputs"]] == [o["name"] for o in report["outputs"]]
 
 
 def test_per_kernel_breakdown(zoo_bench):
@@ -105,6 +112,87 @@ def test_lce_tflite_skips_tflite_and_is_bit_exact(tmp_path):
     assert [row["engine"] for row in report["results"]] == ["bnn-tvm", "lce"]
     assert report["results"][1]["max_abs_diff_vs_bnn_tvm"] == 0
     assert set(report["skipped"]) == {"tflite"}
+    # A one-input model's .npy still feeds a worker (as tuning's whole-model comparison calls it).
+    with np.load(report["input"]["path"]) as saved:
+        np.save(tmp_path / "x.npy", saved[saved.files[0]])
+    again = bench.spawn_worker("bnn-tvm", report["library"], tmp_path / "x.npy", 1, 2, 1, tmp_path / "again.json",
+                               tmp_path / "again.npz", False)
+    assert len(again["samples_ms"]) == 2
+    rows = bench.compare_outputs(tmp_path / "workers" / "bnn-tvm-1.npz", tmp_path / "again.npz")
+    assert [row["max_abs_diff_vs_bnn_tvm"] for row in rows] == [0]
+
+
+@pytest.fixture(scope="module")
+def two_input_bench(tmp_path_factory):
+    """The two-input model against LCE: image given in an .npz, features random (seed 5, as input 0 of 2)."""
+    folder = tmp_path_factory.mktemp("bench-two")
+    image = zoo.random_input((1, TWO.size, TWO.size, 3), seed=11)
+    np.savez(folder / "given.npz", image=image)
+    said = []
+    report = bench.run(str(zoo.cached_tflite(TWO)), against=["lce"], runs=2, repeat=1, warmup=1, out=folder / "out",
+                       inputs_file=folder / "given.npz", seed=5, say=said.append)
+    arrays = {"features": random_array((1, TWO.size // 2, TWO.size // 2, TWO.channels), "float32", 5), "image": image}
+    return folder, report, said, arrays
+
+
+def test_two_inputs_every_output_compared(two_input_bench):
+    """Both outputs, by name, within test_zoo's float32 rounding of each output's scale (the binary convolution is
+    bit-exact with LCE; the float stem convolution, the add and the dense layer round as XNNPACK's do not)."""
+    folder, report, _, _ = two_input_bench
+    assert [o["name"] for o in report["outputs"]] == ["logits", "refined"]
+    lce = {row["engine"]: row for row in report["results"]}["lce"]
+    assert [(o["name"], o["engine_name"], o["shape"]) for o in lce["outputs"]] == [
+        ("logits", "logits", [1, 10]), ("refined", "refined", [1, 8, 8, 32])]
+    for output in lce["outputs"]:
+        assert output["max_abs_diff_vs_bnn_tvm"] <= RTOL * max(1.0, output["max_abs_output"]), output
+    assert lce["max_abs_diff_vs_bnn_tvm"] == max(o["max_abs_diff_vs_bnn_tvm"] for o in lce["outputs"])
+    row = next(line for line in (folder / "out" / "bench.md").read_text().splitlines() if "| LCE |" in line)
+    assert "| logits " in row and "; refined " in row, row
+
+
+def test_two_inputs_fed_as_given(two_input_bench):
+    """Every worker got both inputs: the given image and the random features, in each engine's own order."""
+    folder, report, said, arrays = two_input_bench
+    assert report["input"]["tensors"] == [
+        {"name": "features", "shape": [1, 8, 8, 32], "dtype": "float32", "seed": 5},
+        {"name": "image", "shape": [1, 16, 16, 3], "dtype": "float32", "source": f"{folder / 'given.npz'}[image]"}]
+    assert "random input 'features' float32 [1,8,8,32] (seed 5)" in said
+    assert f"same inputs (features 1x8x8x32 float32, seed 5; image 1x16x16x3 float32, from {folder / 'given.npz'}" \
+           f"[image])" in (folder / "out" / "bench.md").read_text()
+    with np.load(report["input"]["path"]) as saved:
+        assert saved.files == ["features", "image"]
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(saved[name], array)
+    workers = folder / "out" / "workers"
+    expected = load(report["library"])(**arrays)
+    lce = zoo.lce_interpreter(zoo.cached_tflite(TWO)).predict([arrays["features"], arrays["image"]])
+    with np.load(workers / "bnn-tvm-1.npz") as ours, np.load(workers / "lce-1.npz") as theirs:
+        assert ours.files == theirs.files == ["logits", "refined"]
+        for i, name in enumerate(ours.files):
+            np.testing.assert_array_equal(ours[name], expected[i])
+            np.testing.assert_array_equal(theirs[name], lce[i])
+    assert {"fused_conv2d_add", "fused_bnn_bconv2d_add1"} <= {row["kernel"] for row in report["kernels"]["rows"]}
+
+
+def test_tflite_worker_matches_inputs_by_name(two_input_bench, tmp_path):
+    """The stock-converted float model is another file: its inputs are matched by signature key, here given in
+    the other order (by position, the image would go to the features' tensor)."""
+    folder, report, _, arrays = two_input_bench
+    np.savez(tmp_path / "reversed.npz", image=arrays["image"], features=arrays["features"])
+    result = bench.worker("tflite", zoo.cached_stock_tflite(TWO), tmp_path / "reversed.npz", 1, 1, 0,
+                          tmp_path / "tflite.npz")
+    assert len(result["samples_ms"]) == 1
+    rows = bench.compare_outputs(folder / "out" / "workers" / "bnn-tvm-1.npz", tmp_path / "tflite.npz")
+    assert [(row["name"], row["engine_name"]) for row in rows] == [("logits", "logits"), ("refined", "refined")]
+    for row in rows:  # float drift only (6e-7 of the largest output here); a swap would not even run
+        assert row["max_abs_diff_vs_bnn_tvm"] <= 10 * RTOL * max(1.0, row["max_abs_output"]), row
+
+
+def test_missing_input_files_are_named_before_compiling(tmp_path):
+    for kwargs, path in [(dict(inputs_file=tmp_path / "none.npz"), tmp_path / "none.npz"),
+                         (dict(input_files=[f"image={tmp_path / 'none.npy'}"]), tmp_path / "none.npy")]:
+        with pytest.raises(bench.BenchError, match=f"^no input file {path}$"):
+            bench.check_arguments("QuickNet", [1], ["lce"], 1, 1, **kwargs)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,6 +5,8 @@ build cannot load plugins) with ``insn_count.c``, a TCG plugin that counts every
 per translation block, and ``-cpu`` set to the preset's core. ``guest.py`` runs inside: it records each
 kernel call's shapes, warms up, runs N inferences and saves its memory map. Two runs, N = 1 and N = 3,
 are subtracted, so loading and warm-up cancel: what is left is one inference, and it repeats exactly.
+The model is fed every input, the user's (as ``bnn-tvm run`` takes them) or random ones, checked on the host
+against the signature the .so recorded.
 Blocks are attributed to kernels through the model library's symbols (TVM's parallel bodies have none
 and follow their kernel's ``_compute_`` function, so the preceding symbol names them).
 
@@ -73,6 +75,9 @@ class ArmProfile:
     kernels: list[KernelCost]
     overhead: list[KernelCost]
     reference: ArmProfile | None = None
+    # What the model was fed, in its order: {"name", "shape", "dtype", and "source" (a file) or "seed" (random)}.
+    inputs: list[dict] = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)  # {output name: the board's output for those inputs}
 
     @property
     def instructions(self) -> float:
@@ -106,7 +111,12 @@ class ArmProfile:
         lines = [f"{self.model}: {self.target} build on the emulated board, {self.core} model, "
                  f"{self.threads} thread{'s' if self.threads > 1 else ''}, per inference",
                  "instructions are exact counts; cycles are ESTIMATES (llvm-mca, steady state, no cache misses "
-                 "or mispredictions: a lower bound)", ""]
+                 "or mispredictions: a lower bound)"]
+        if self.inputs:
+            lines.append("input" + "s" * (len(self.inputs) > 1) + ": " + "; ".join(
+                f"{t['name']!r} {t['dtype']} [{','.join(map(str, t['shape']))}] "
+                + (f"from {t['source']}" if t.get("source") else f"random (seed {t['seed']})") for t in self.inputs))
+        lines.append("")
         header = f"{'kernel':<44} {'calls':>5} {'instructions':>13} {'est. cycles':>12} {'bMAC/insn':>9} " \
                  f"{'bMAC/cyc':>8} {'share':>6}"
         lines.append(header)
@@ -130,7 +140,7 @@ class ArmProfile:
                          "not a measurement)")
         if self.reference is not None:
             ref = self.reference
-            lines.append(f"reference {ref.model} (TFLite with XNNPACK, same board and counter): "
+            lines.append(f"reference {ref.model} (TFLite with XNNPACK, same board, counter and inputs): "
                          f"{ref.instructions:,.0f} instructions, {ref.cycles:,.0f} estimated cycles"
                          + (f", {ref.estimated_ms:.2f} ms estimated" if ref.estimated_ms is not None else "")
                          + f"; bnn-tvm uses {ref.instructions / self.instructions:.2f}x fewer instructions")
@@ -138,11 +148,26 @@ class ArmProfile:
 
 
 def profile(model, target: str = "rpi4", threads: int = 1, reference=None,
-            cache: Path = board.BOARD_CACHE) -> ArmProfile:
+            cache: Path = board.BOARD_CACHE, inputs_file=None, input_files=(), seed: int = 0) -> ArmProfile:
     """Profile an aarch64 bnn-tvm ``.so`` (built for ``target``) on the emulated board.
 
     ``reference``: a float .tflite to count under TFLite with XNNPACK on the same board, side by side.
+    ``inputs_file``, ``input_files``, ``seed``: the inputs, as ``bnn-tvm run`` takes them (``--inputs FILE.npz``
+    keyed by input name, ``--input [NAME=]FILE.npy`` repeated, ``--seed``); inputs left out are random (seed
+    ``seed`` plus the input's index). The reference is fed the same arrays, matched by its signature keys (else
+    by position).
+
+    Raises
+    ------
+    signature.InputError
+        An input that does not fit the model, naming the file and the input (``bnn-tvm run``'s messages).
+    ProfileError
+        Anything else: a missing tool, a file that is not an aarch64 library, a reference that does not take the
+        model's inputs, a failure on the board.
     """
+    from ..bench import input_sources, save_inputs
+    from ..signature import read_inputs
+
     model = Path(model).resolve()
     if not model.is_file():
         raise ProfileError(f"{model}: no such file")
@@ -153,10 +178,91 @@ def profile(model, target: str = "rpi4", threads: int = 1, reference=None,
     core, clock = _core(target)
     _check_tools()
     folder = board.build_emulated_board(cache)
-    result = _profile("tvm", model, target, core, clock, threads, folder)
-    if reference is not None:
-        result.reference = _profile("tflite", Path(reference).resolve(), target, core, clock, threads, folder)
+    # The host checks the inputs, against the signature the guest reads out of the .so (the host cannot load an
+    # aarch64 library): the guest cannot import bnn-tvm, and checking there would need a second copy of
+    # read_inputs' rules (an .npz, named and unnamed .npy files, random inputs and their seeds) and of its
+    # messages. One uncounted emulated start (about 10 s; once per .so, cached by the file's hash) buys the very
+    # checks and messages of `bnn-tvm run`, before any counted run, and arrays the reference can share.
+    signature = model_signature(model, core, folder)
+    input_files = [str(text) for text in input_files or ()]  # [NAME=]FILE.npy; Paths too
+    arrays = read_inputs(signature, inputs_file, input_files, seed=seed)
+    sources = input_sources(signature, inputs_file, input_files)
+    outputs = [spec.name for spec in signature.outputs]
+    with tempfile.TemporaryDirectory() as scratch:
+        fed = save_inputs(Path(scratch) / "inputs.npz", signature, arrays)
+        if reference is not None:  # checked before the counted runs, which take minutes on a large model
+            reference = Path(reference).resolve()
+            reference_fed, reference_outputs = _reference_inputs(reference, signature, arrays,
+                                                                 Path(scratch) / "reference.npz")
+        result = _profile("tvm", model, target, core, clock, threads, folder, fed, outputs)
+        if reference is not None:
+            result.reference = _profile("tflite", reference, target, core, clock, threads, folder, reference_fed,
+                                        reference_outputs)
+    result.inputs = [{"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype,
+                      **({"source": source} if source else {"seed": seed + i})}
+                     for i, (spec, source) in enumerate(zip(signature.inputs, sources, strict=True))]
     return result
+
+
+def model_signature(model: Path, core: str, folder: Path):
+    """The ``signature.Signature`` an aarch64 bnn-tvm .so recorded, read on the emulated board (uncounted) and
+    cached by the file's contents."""
+    from ..signature import Signature
+
+    key = hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
+
+    def read(partial: Path) -> None:
+        argv = [QEMU, "-cpu", core, "-L", str(folder / "sysroot"), str(folder / "sysroot/usr/bin/python3.11"),
+                str(GUEST), "signature", str(model), str(partial)]
+        _run_guest(argv, _guest_env(folder, 1), model, "its signature could not be read on the emulated board")
+
+    return Signature.from_json(build_once(cache_dir() / "signatures" / f"{key}.json", read).read_text())
+
+
+def _reference_inputs(reference: Path, signature, arrays: list, path: Path) -> tuple[Path, list[str]]:
+    """The model's input ``arrays`` as the reference .tflite takes them, saved to ``path`` in the reference's
+    order, and the reference's output names: matched by the reference's signature keys (the names bnn-tvm's
+    frontend gives, by tensor index), else by position; each checked against the reference's own tensor."""
+    import numpy as np
+
+    if not reference.is_file():
+        raise ProfileError(f"{reference}: no such file")
+    try:
+        import tflite
+
+        from ..frontend.tflite import _io_names
+
+        parsed = tflite.Model.GetRootAsModel(reference.read_bytes(), 0)
+        graph = parsed.Subgraphs(0)
+        names, output_names = _io_names(parsed)
+        tensors = [graph.Tensors(graph.Inputs(i)) for i in range(graph.InputsLength())]
+        codes = [parsed.OperatorCodes(i).CustomCode() for i in range(parsed.OperatorCodesLength())]
+    except Exception as error:  # noqa: BLE001 - any parse failure: the file is not a .tflite model
+        raise ProfileError(f"{reference}: not a .tflite model the reference can run ({error})") from None
+    lce = sorted({code.decode() for code in codes if code and code.decode().startswith("Lce")})
+    if lce:
+        raise ProfileError(f"{reference}: an LCE-converted model ({', '.join(lce)}): the reference runs under TFLite, "
+                           "which has no LCE kernels; give the float model of the stock TFLite converter")
+    types = {value: key.lower() for key, value in vars(tflite.TensorType).items() if not key.startswith("_")}
+    ours = signature.names()
+    if sorted(names) == sorted(ours):
+        order = [ours.index(name) for name in names]
+    elif len(names) == len(ours):
+        order = list(range(len(ours)))
+    else:
+        raise ProfileError(f"{reference}: the reference takes {len(names)} input{'s' * (len(names) != 1)} "
+                           f"({', '.join(map(repr, names))}), the model {len(ours)} ({', '.join(map(repr, ours))})")
+    for name, i, tensor in zip(names, order, tensors, strict=True):
+        shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+        dtype = types.get(tensor.Type(), f"TFLite type {tensor.Type()}")
+        x = arrays[i]
+        if (tuple(x.shape), str(x.dtype)) != (shape, dtype):
+            raise ProfileError(f"{reference}: the reference's input {name!r} is {dtype} [{','.join(map(str, shape))}], "
+                               f"the model's input {ours[i]!r} {x.dtype} [{','.join(map(str, x.shape))}]: give a "
+                               "reference that takes the model's inputs")
+    with open(path, "wb") as file:  # in the reference's order, which the guest feeds (names may repeat)
+        np.savez(file, *(arrays[i] for i in order))
+    return path, output_names
 
 
 def _core(target: str) -> tuple[str, float | None]:
@@ -194,9 +300,10 @@ def plugin_library() -> Path:
     return build_once(cache_dir() / "plugins" / f"insn_count-{key}.so", build)
 
 
-def _profile(kind, model, target, core, clock, threads, folder) -> ArmProfile:
+def _profile(kind, model, target, core, clock, threads, folder, inputs, output_names) -> ArmProfile:
     with tempfile.TemporaryDirectory() as scratch:
-        low, high = (_count(kind, model, core, threads, runs, folder, Path(scratch) / f"n{runs}") for runs in RUNS)
+        low, high = (_count(kind, model, core, threads, runs, folder, Path(scratch) / f"n{runs}", inputs)
+                     for runs in RUNS)
     blocks, calls = _per_inference(low, high, RUNS[1] - RUNS[0]), high["calls"]
     vcpus = max(len(execs) for execs in blocks.values())  # guest threads, numbered as qemu met them
     symbols = _symbols(str(model)) if kind == "tvm" else None
@@ -221,7 +328,11 @@ def _profile(kind, model, target, core, clock, threads, folder) -> ArmProfile:
         row.calls = calls_of.get(name, 0)
     kernels = sorted((r for r in rows.values() if not r.name.startswith("(")), key=lambda r: -r.instructions)
     overhead = sorted((r for r in rows.values() if r.name.startswith("(")), key=lambda r: -r.instructions)
-    return ArmProfile(model.name, target, core, clock, threads, kernels, overhead)
+    outputs = high["outputs"]
+    names = output_names if len(set(output_names)) == len(outputs) == len(output_names) else \
+        [f"output_{i}" for i in range(len(outputs))]  # a reference's names may repeat (a damaged file)
+    return ArmProfile(model.name, target, core, clock, threads, kernels, overhead,
+                      outputs=dict(zip(names, outputs, strict=True)))
 
 
 def kernel_cycles(kernels: list, target: str = "rpi4", runs: int = 3, cache: Path = board.BOARD_CACHE) -> list:
@@ -261,21 +372,45 @@ def binary_macs(kernel: str, args: list) -> int:
     return 0
 
 
-def _count(kind, model, core, threads, runs, folder, prefix) -> dict:
-    """Run the guest under the counter; {(module, ELF address, size): [executions per vCPU]} and the calls."""
-    sysroot = folder / "sysroot"
-    env = {**os.environ, "PYTHONPATH": str(folder / "site"), "TVM_USE_RUNTIME_LIB": "1",
-           "TVM_NUM_THREADS": str(threads), "TVM_BIND_THREADS": "0", "OMP_NUM_THREADS": str(threads),
-           "PYTHONHASHSEED": "0"}
-    plugin = f"{plugin_library()},out={prefix}.counts" + (",per_vcpu=1" if threads > 1 else "")
-    argv = [QEMU, "-cpu", core, "-L", str(sysroot), "-plugin", plugin, str(sysroot / "usr/bin/python3.11"),
-            str(GUEST), kind, str(model), str(threads), str(runs), f"{prefix}.calls", f"{prefix}.maps"]
+def _guest_env(folder: Path, threads: int) -> dict:
+    return {**os.environ, "PYTHONPATH": str(folder / "site"), "TVM_USE_RUNTIME_LIB": "1",
+            "TVM_NUM_THREADS": str(threads), "TVM_BIND_THREADS": "0", "OMP_NUM_THREADS": str(threads),
+            "PYTHONHASHSEED": "0"}
+
+
+def _run_guest(argv: list[str], env: dict, model: Path, failed: str) -> None:
+    """Run the guest; a failure is a ProfileError: the guest's own one-line error when it gave one, else
+    ``failed`` and the end of its stderr."""
+    from .guest import ERROR_EXIT, ERROR_PREFIX
+
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=GUEST_TIMEOUT)
     except subprocess.TimeoutExpired as error:
         raise ProfileError(f"{model.name} did not finish on the emulated board within {GUEST_TIMEOUT} s") from error
+    if done.returncode == ERROR_EXIT:
+        said = [line for line in done.stderr.splitlines() if line.startswith(ERROR_PREFIX)]
+        if said:
+            raise ProfileError(f"{model}: {said[-1].removeprefix(ERROR_PREFIX)}")
     if done.returncode != 0:
-        raise ProfileError(f"{model.name} failed on the emulated board:\n{done.stderr[-3000:]}")
+        raise ProfileError(f"{model.name} {failed}:\n{done.stderr[-3000:]}")
+
+
+def _count(kind, model, core, threads, runs, folder, prefix, inputs=None) -> dict:
+    """Run the guest under the counter; {(module, ELF address, size): [executions per vCPU]}, the calls and (for a
+    model, fed the .npz ``inputs``) its outputs in order."""
+    sysroot = folder / "sysroot"
+    plugin = f"{plugin_library()},out={prefix}.counts" + (",per_vcpu=1" if threads > 1 else "")
+    files = [f"{prefix}.calls", f"{prefix}.maps"] if kind == "kernels" else \
+        [str(inputs), f"{prefix}.calls", f"{prefix}.outputs.npz", f"{prefix}.maps"]
+    argv = [QEMU, "-cpu", core, "-L", str(sysroot), "-plugin", plugin, str(sysroot / "usr/bin/python3.11"),
+            str(GUEST), kind, str(model), str(threads), str(runs), *files]
+    _run_guest(argv, _guest_env(folder, threads), model, "failed on the emulated board")
+    outputs = []
+    if kind != "kernels":
+        import numpy as np
+
+        with np.load(f"{prefix}.outputs.npz") as saved:
+            outputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     maps = _read_maps(Path(f"{prefix}.maps"))
     starts = [m[0] for m in maps]
     blocks = collections.defaultdict(lambda: [0])
@@ -290,7 +425,7 @@ def _count(kind, model, core, threads, runs, folder, prefix) -> dict:
         slot.extend([0] * (len(execs) - len(slot)))
         for vcpu, count in enumerate(execs):
             slot[vcpu] += int(count)
-    return {"blocks": blocks, "calls": json.loads(Path(f"{prefix}.calls").read_text())}
+    return {"blocks": blocks, "calls": json.loads(Path(f"{prefix}.calls").read_text()), "outputs": outputs}
 
 
 def _read_maps(path: Path) -> list[tuple[int, int, str, int]]:
