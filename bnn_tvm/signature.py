@@ -215,6 +215,9 @@ def _load(path, suffix: str):
     """The array of a .npy file or the archive of an .npz, by their contents rather than their names."""
     import numpy as np
 
+    from .frontend.model_file import checked_model_file
+
+    checked_model_file(path)  # a FIFO would block the read below, a folder fail it
     with open(path, "rb") as file:
         magic = file.read(6)
     if magic[:4] == b"PK\x03\x04" and suffix == ".npy":

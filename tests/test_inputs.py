@@ -147,7 +147,7 @@ def mistakes(two):
     (["--inputs", "image.npy"], "image.npy: is one .npy array, not an .npz archive"),
     (["--inputs", "extra.npz"], "extra.npz: holds 'mask', which is no input of the model"),
     (["--inputs", "both.npz", "--input", "image=image.npy"], "image.npy: input 'image' is given twice"),
-    (["--input", "missing.npy"], "missing.npy: No such file or directory"),
+    (["--input", "missing.npy"], "missing.npy: no such file"),
 ], ids=["dtype", "batch", "shape", "unknown-name", "not-npy", "npz-as-input", "npy-as-inputs", "unknown-key",
         "twice", "missing"])
 def test_input_mistakes_are_one_line_naming_file_and_input(two, mistakes, flags, says):
