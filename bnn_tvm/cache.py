@@ -2,7 +2,8 @@
 
 ``$BNN_TVM_CACHE`` if set, else ``$XDG_CACHE_HOME/bnn-tvm``, else ``~/.cache/bnn-tvm``. It holds the QEMU
 instruction-counter plugin (``plugins/``), the bundle's ``bnn-run`` (``runners/``), the popcount-peak
-program (``programs/``), the models the tests and benchmarks convert (``bnn_tvm.zoo``) and, unless
+program (``programs/``), the signatures of aarch64 .so files the profiler read on the emulated board
+(``signatures/``), the models the tests and benchmarks convert (``bnn_tvm.zoo``) and, unless
 ``$BNN_TVM_BOARD_CACHE`` names another folder, the emulated boards (``boards/``). Everything in it is
 named by a hash of what it was built from, so deleting any of it only costs a rebuild.
 """
