@@ -258,17 +258,18 @@ def cached_stock_tflite(case, builder=None) -> Path:
     return path
 
 
-def cached_saved_model(case, builder=None) -> Path:
+def cached_saved_model(case, builder=None, model=None) -> Path:
     """The SavedModel folder of ``case`` (``model.save``, TensorFlow format), written once and cached under CACHE_DIR.
 
     Named ``<name>-savedmodel-<recipe hash>``. Saving traces every layer's call and takes longer than building
     the model (MeliusNet22: ~40 s), so the tests that import SavedModels share the folders through the cache.
     The model is seeded by its recipe: ``(builder or keras_model)(case)`` rebuilds the same weights in any process.
+    ``model``, if given, is that model, built by the caller already: it is saved instead of building another.
     """
     path = CACHE_DIR / f"{case.name}-savedmodel-{_recipe_hash(case, builder)}"
     if path.exists():
         return path
-    model = (builder or keras_model)(case)
+    model = model if model is not None else (builder or keras_model)(case)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Saved beside the entry and renamed into place: an interrupted save never leaves a torn folder at ``path``.
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")

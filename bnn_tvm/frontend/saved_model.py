@@ -9,8 +9,12 @@ restores every function of the object graph, a minute for MeliusNet22, to use on
 
 The graph holds no Larq layers, only what they compute, as the stock TFLite converter sees it: larq's
 sign is ``sign(sign(x) + 0.1)``, one-padding a ``PadV2`` with 1.0, the quantized kernel a ``sign`` of a
-variable that constant-folds to +-1. ``bnn_tvm.transform``'s ``RecognizeBinaryLayers`` turns those back
-into binary layers, as it does for stock .tflite files.
+variable that constant-folds to +-1, a dilated convolution ``SpaceToBatchND`` -> ``Conv2D`` ->
+``BatchToSpaceND`` (fused back into one dilated conv2d). ``bnn_tvm.transform``'s ``RecognizeBinaryLayers``
+turns those back into binary layers, as it does for stock .tflite files.
+
+The input shapes are fixed first (the batch from ``input_shapes``, 1 by default), so every shape the graph
+computes from ``Shape`` (Keras's ``Reshape`` and ``Flatten`` do) is a constant by the time an op needs it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..signature import with_names
+from .block_builder import main_function
 from .input_shapes import resolve_input_shapes
 from .model_file import checked_model_file
 from .tf_graph import convert_function
@@ -44,7 +50,8 @@ def from_saved_model_folder(path, input_shapes=None, trust_model_code: bool = Fa
     quantized layers stay float and why, where the graph route can only recognize patterns. The graph
     (``from_saved_model``) is used when there is no Keras metadata, and when Keras cannot rebuild the model
     (MeliusNet22's Lambda closures fail in Keras's revival) or may not: a model whose Lambda layers would
-    run Python code, refused without ``trust_model_code``, imports from its graph, which runs none.
+    run Python code, refused without ``trust_model_code`` (larq-zoo's MeliusNet22 and RealToBinaryNet),
+    imports from its graph, which runs none.
     Errors converting a model Keras did rebuild are raised as they are.
 
     Parameters
@@ -138,7 +145,7 @@ def from_saved_model(path, input_shapes=None, signature: str = "serving_default"
     params = [relax.Var(name, relax.TensorType(list(shape), tf.as_dtype(spec.inputs[name].dtype).name))
               for (name, _), shape in zip(declared, shapes, strict=True)]
     bb = relax.BlockBuilder()
-    with bb.function("main", params):
+    with main_function(bb, params):
         with bb.dataflow():
             results = convert_function(bb, library[function], [*params, *variables], where, library)
             missing = [key for _, index, key in outputs if index >= len(results)]
@@ -149,7 +156,7 @@ def from_saved_model(path, input_shapes=None, signature: str = "serving_default"
             picked = [relax.const(v) if isinstance(v, np.ndarray) else v for v in picked]
             out = bb.emit_output(picked[0] if len(picked) == 1 else relax.Tuple(picked))
         bb.emit_func_output(out)
-    return bb.get()
+    return with_names(bb.get(), outputs=[key for _, _, key in outputs])
 
 
 class _MetaGraph:

@@ -5,8 +5,14 @@ are Python code. They are traced with ``tf.function`` at the layer's concrete sh
 ops are converted one by one (``convert_traced``). A SavedModel's serving function is read from its
 FunctionDef as data, the functions it calls inlined (``convert_function``, used by :mod:`.saved_model`).
 Only the ops the outputs depend on are converted. Ops on constants only are evaluated with numpy, so
-shape arithmetic, constant folding and a quantizer applied to a saved kernel never reach Relax. An op
-not in the table fails with its name and type and the layer's or function's name.
+shape arithmetic, constant folding and a quantizer applied to a saved kernel never reach Relax. Input
+shapes are fixed before conversion (the batch too), so the shape of every tensor is known: ``Shape``,
+``Size`` and ``Rank`` of a tensor are constants, and a shape a graph computes from them (Keras's
+``Reshape`` and ``Flatten`` trace ``Shape`` -> ``StridedSlice`` -> ``Pack``) folds to a constant before
+the op that needs it. An argument that must be constant (a reshape's shape, a slice's bounds) but is
+computed from the model's input data fails naming the op, the argument and the tensor it comes from.
+TF's dilated convolution, SpaceToBatchND -> Conv2D -> BatchToSpaceND, becomes one dilated conv2d again
+(``_atrous``). An op not in the table fails with its name and type and the layer's or function's name.
 """
 
 from __future__ import annotations
@@ -24,6 +30,27 @@ Value = "relax.Expr | np.ndarray"
 
 def _is_const(value) -> bool:
     return isinstance(value, np.ndarray)
+
+
+class NotConstantError(NotImplementedError):
+    """Input ``index`` of an op (its ``what``: a shape, the axes) must be known at compile time, and is computed
+    from the model's input data. ``_convert_node`` names the op and the tensor the input comes from."""
+
+    def __init__(self, index: int, what: str):
+        super().__init__(index, what)
+        self.index, self.what = index, what
+
+
+def _constant(inputs, index: int, what: str) -> np.ndarray:
+    """``inputs[index]``, which must be a constant (it says ``what`` it is when it is not)."""
+    if not _is_const(inputs[index]):
+        raise NotConstantError(index, what)
+    return inputs[index]
+
+
+def _static_shape(value) -> list[int]:
+    """The shape of a constant or of a Relax tensor (static: input shapes are fixed before conversion)."""
+    return list(value.shape) if _is_const(value) else [int(d) for d in value.ty.shape]
 
 
 def _expr(value) -> relax.Expr:
@@ -51,60 +78,208 @@ def _attr_list(node, name) -> list[int]:
     return list(node.attr[name].list.i)
 
 
+def _axis(inputs, index: int, rank: int) -> int:
+    """Constant input ``index``, an axis of a rank-``rank`` tensor, made non-negative."""
+    axis = int(_constant(inputs, index, "axis"))
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank
+
+
 def _split(inputs, node):
-    axis, value = int(inputs[0]), inputs[1]
-    return relax.op.split(value, int(node.attr["num_split"].i), axis=axis)
+    value = inputs[1]
+    axis, parts = _axis(inputs, 0, len(_static_shape(value))), int(node.attr["num_split"].i)
+    if _is_const(value):
+        return list(np.split(value, parts, axis=axis))
+    return relax.op.split(value, parts, axis=axis)
 
 
-def _split_v(inputs, node):
-    value, sizes, axis = inputs[0], [int(s) for s in inputs[1]], int(inputs[2])
-    return relax.op.split(value, [int(i) for i in np.cumsum(sizes)[:-1]], axis=axis)
+def _split_v(inputs, _node):
+    value = inputs[0]
+    shape = _static_shape(value)
+    axis = _axis(inputs, 2, len(shape))
+    sizes = [int(s) for s in _constant(inputs, 1, "sizes")]
+    if sizes.count(-1) == 1:  # one size may be left for TF to infer
+        sizes[sizes.index(-1)] = shape[axis] - sum(s for s in sizes if s != -1)
+    if any(s < 0 for s in sizes) or sum(sizes) != shape[axis]:
+        raise ValueError(f"sizes {sizes} do not split axis {axis} of length {shape[axis]}")
+    bounds = [int(i) for i in np.cumsum(sizes)[:-1]]
+    if _is_const(value):
+        return list(np.split(value, bounds, axis=axis))
+    return relax.op.split(value, bounds, axis=axis)
 
 
 def _pad(inputs, _node):
-    value, paddings = inputs[0], inputs[1].astype(int)
-    constant = float(inputs[2]) if len(inputs) > 2 else 0.0
-    return relax.op.nn.pad(value, [int(p) for p in paddings.reshape(-1)], pad_value=constant)
+    value, paddings = inputs[0], _constant(inputs, 1, "paddings").astype(int)
+    constant = _constant(inputs, 2, "padding value") if len(inputs) > 2 else np.zeros((), np.float32)
+    if _is_const(value):
+        return np.pad(value, paddings, constant_values=constant.astype(value.dtype))
+    return relax.op.nn.pad(value, [int(p) for p in paddings.reshape(-1)], pad_value=float(constant))
 
 
 def _concat(inputs, _node):
-    *values, axis = inputs
+    *values, _ = inputs
+    axis = _axis(inputs, len(values), len(_static_shape(values[0])))
     if all(_is_const(v) for v in values):
-        return np.concatenate(values, axis=int(axis))
-    return relax.op.concat([_expr(v) for v in values], axis=int(axis))
+        return np.concatenate(values, axis=axis)
+    return relax.op.concat([_expr(_as_dtype_of(v, values)) for v in values], axis=axis)
+
+
+def _reshaped(shape, old_shape, what="shape") -> list[int]:
+    """TF's reshape target ``shape`` (one -1 to infer) for a tensor of ``old_shape``, with the -1 resolved."""
+    shape, size = [int(s) for s in np.atleast_1d(shape)], int(np.prod(old_shape))
+    known = int(np.prod([s for s in shape if s != -1]))
+    if shape.count(-1) > 1 or any(s < -1 for s in shape) or (
+            -1 in shape and (known == 0 or size % known)) or (-1 not in shape and known != size):
+        raise ValueError(f"{what} {shape} does not fit a tensor of shape {list(old_shape)} ({size} elements)")
+    return [size // known if s == -1 else s for s in shape]
 
 
 def _reshape(inputs, _node):
-    value, shape = inputs
-    if _is_const(value):
-        return value.reshape(shape)
-    return relax.op.reshape(value, [int(s) for s in shape])
+    value = inputs[0]
+    shape = _reshaped(_constant(inputs, 1, "shape"), _static_shape(value))
+    return value.reshape(shape) if _is_const(value) else relax.op.reshape(value, shape)
+
+
+def _slice_index(node, begin, end, strides) -> tuple:
+    """A StridedSlice's specification as the numpy index it stands for: TF's masks follow numpy's indexing
+    (a shrink axis is an integer index, a new axis ``np.newaxis``, the ellipsis ``...``, a masked bound a
+    missing one)."""
+    masks = {k: int(node.attr[k].i) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
+                                             "shrink_axis_mask")}
+    if not len(begin) == len(end) == len(strides):
+        raise ValueError(f"begin, end and strides have lengths {len(begin)}, {len(end)}, {len(strides)}")
+    if any(int(s) == 0 for s in strides):
+        raise ValueError(f"strides {[int(s) for s in strides]} hold a 0")
+    index = []
+    for i, (b, e, s) in enumerate(zip(begin, end, strides)):
+        if masks["ellipsis_mask"] >> i & 1:  # TF checks the ellipsis before new_axis, and shrink after both
+            index.append(Ellipsis)
+        elif masks["new_axis_mask"] >> i & 1:
+            index.append(np.newaxis)
+        elif masks["shrink_axis_mask"] >> i & 1:
+            index.append(int(b))
+        else:
+            index.append(slice(None if masks["begin_mask"] >> i & 1 else int(b),
+                               None if masks["end_mask"] >> i & 1 else int(e), int(s)))
+    if index.count(Ellipsis) > 1:
+        raise ValueError("more than one ellipsis")
+    return tuple(index)
+
+
+def _slice_tensor(value: relax.Expr, index: tuple, shape: list[int]) -> relax.Expr:
+    """``value[index]`` for a numpy-style ``index`` of slices, integers, ``np.newaxis`` and one ellipsis."""
+    # The result's shape, from a zero-strided view of ``shape``: numpy checks the index and allocates nothing.
+    result = list(np.broadcast_to(np.empty((), np.int8), shape)[index].shape)
+    items = [i for i in index if i is not np.newaxis]
+    rest = len(shape) - sum(i is not Ellipsis for i in items)
+    at = items.index(Ellipsis) if Ellipsis in items else len(items)
+    items = items[:at] + [slice(None)] * rest + items[at + 1:]  # an implicit ellipsis ends the index
+    axes, begins, ends, steps, reversed_, sliced = [], [], [], [], [], []
+    for axis, (item, size) in enumerate(zip(items, shape, strict=True)):
+        if isinstance(item, int):  # in range: numpy checked it above
+            item = slice(item % size, item % size + 1)
+        start, stop, step = item.indices(size)
+        sliced.append(len(range(start, stop, step)))
+        if step < 0:  # taken by index: a negative stride's end cannot say "before element 0" as a bound
+            reversed_.append((axis, np.arange(start, stop, step)))
+        elif (start, stop, step) != (0, size, 1):
+            axes.append(axis), begins.append(start), ends.append(stop), steps.append(step)
+    out = value
+    if axes:
+        out = relax.op.strided_slice(out, axes, begins, ends, steps, assume_inbound=True)
+    for axis, positions in reversed_:
+        out = relax.op.take(out, relax.const(positions.astype(np.int64)), axis=axis)
+    # Integer indices drop their axis and new axes insert one: both only reshape what was sliced.
+    return relax.op.reshape(out, result) if result != sliced else out
 
 
 def _strided_slice(inputs, node):
-    value, begin, end, strides = inputs
-    masks = {k: int(node.attr[k].i) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
-                                             "shrink_axis_mask")}
-    if masks["ellipsis_mask"] or masks["new_axis_mask"]:
-        raise NotImplementedError("StridedSlice with ellipsis or new axes")
-    shape = value.shape if _is_const(value) else [int(d) for d in value.ty.shape]
-    starts, stops = [], []
-    for axis, (b, e, s) in enumerate(zip(begin, end, strides, strict=True)):
-        if masks["shrink_axis_mask"] >> axis & 1:
-            starts.append(int(b) % shape[axis])
-            stops.append(int(b) % shape[axis] + 1)
-            continue
-        starts.append(0 if masks["begin_mask"] >> axis & 1 else int(b))
-        stops.append(shape[axis] if masks["end_mask"] >> axis & 1 else int(e))
-    axes = list(range(len(starts)))
-    out = relax.op.strided_slice(_expr(value), axes, starts, stops, [int(s) for s in strides])
-    shrink = [a for a in axes if masks["shrink_axis_mask"] >> a & 1]
-    return relax.op.squeeze(out, shrink) if shrink else out
+    value = inputs[0]
+    begin, end = _constant(inputs, 1, "begin"), _constant(inputs, 2, "end")
+    index = _slice_index(node, begin, end, _constant(inputs, 3, "strides"))
+    shape = _static_shape(value)
+    try:
+        if _is_const(value):
+            return np.array(value[index])
+        return _slice_tensor(value, index, shape)
+    except IndexError as err:  # an integer index outside its axis (numpy's message names both)
+        raise ValueError(f"slicing a tensor of shape {shape} with {index}: {err}") from err
 
 
-def _mean(inputs, node):
-    value, axes = inputs
-    return relax.op.mean(value, [int(a) for a in np.atleast_1d(axes)], keepdims=bool(node.attr["keep_dims"].b))
+def _slice(inputs, _node):
+    """TF's Slice: ``size`` elements from ``begin`` on each axis (a size of -1: to the end)."""
+    value = inputs[0]
+    shape = _static_shape(value)
+    begin, size = _constant(inputs, 1, "begin"), _constant(inputs, 2, "size")
+    if not len(begin) == len(size) == len(shape):
+        raise ValueError(f"begin {list(begin)} and size {list(size)} do not match a tensor of shape {shape}")
+    index = []
+    for b, s, n in zip(begin.tolist(), size.tolist(), shape):
+        stop = n if s == -1 else b + s
+        if not 0 <= b <= stop <= n:
+            raise ValueError(f"begin {list(begin)} and size {list(size)} reach outside a tensor of shape {shape}")
+        index.append(slice(b, stop))
+    return np.array(value[tuple(index)]) if _is_const(value) else _slice_tensor(value, tuple(index), shape)
+
+
+def _gather(inputs, node):
+    value, indices = inputs[0], _constant(inputs, 1, "indices")
+    shape = _static_shape(value)
+    axis = _axis(inputs, 2, len(shape))
+    if int(node.attr["batch_dims"].i):
+        raise NotImplementedError(f"batch_dims {int(node.attr['batch_dims'].i)}; only 0")
+    if indices.size and not (0 <= indices.min() and indices.max() < shape[axis]):  # TF takes no negative index
+        raise ValueError(f"indices {indices.tolist()} reach outside axis {axis} of length {shape[axis]}")
+    if _is_const(value):
+        return np.take(value, indices, axis=axis)
+    return relax.op.take(value, relax.const(indices.astype(np.int64)), axis=axis)
+
+
+def _fill(inputs, _node):
+    dims, value = [int(d) for d in np.atleast_1d(_constant(inputs, 0, "dims"))], inputs[1]
+    if _is_const(value):
+        return np.full(dims, value, dtype=value.dtype)
+    return relax.op.broadcast_to(value, dims)
+
+
+def _range(inputs, node):
+    import tensorflow as tf
+
+    start, limit, delta = (_constant(inputs, i, what) for i, what in enumerate(("start", "limit", "delta")))
+    if delta == 0:
+        raise ValueError("delta is 0")
+    return np.arange(start, limit, delta).astype(tf.as_dtype(node.attr["Tidx"].type).as_numpy_dtype)
+
+
+def _shape_dtype(node, attr="out_type"):
+    return np.int64 if node.attr[attr].type == 9 else np.int32  # 9: DT_INT64
+
+
+def _size(inputs, node):
+    return np.array(int(np.prod(_static_shape(inputs[0]))), dtype=_shape_dtype(node))
+
+
+def _rank(inputs, _node):
+    return np.array(len(_static_shape(inputs[0])), dtype=np.int32)
+
+
+def _like(fill):
+    def convert(inputs, _node):
+        value = inputs[0]
+        if _is_const(value):
+            return np.full(value.shape, fill, dtype=value.dtype)
+        # Not a constant of a feature map's size in the module: Relax makes it, and folds it where it can.
+        return (relax.op.zeros_like if fill == 0 else relax.op.ones_like)(value)
+
+    return convert
+
+
+def _floor_div(x, y):
+    """TF's FloorDiv: an integer floor division, or the floor of a float division."""
+    if x.ty.dtype.startswith("float"):
+        return relax.op.floor(relax.op.divide(x, y))
+    return relax.op.floor_divide(x, y)
 
 
 def _round_half_to_even(x):
@@ -149,30 +324,132 @@ def _padding(node, data, window, strides, dilations) -> list[int]:
     return [top, left, bottom, right]
 
 
-def _constant_filter(value, what: str) -> np.ndarray:
-    if not _is_const(value):
-        raise NotImplementedError(f"its {what} is computed from the inputs; only constant {what}s are supported")
-    return value.astype(np.float32)
-
-
-def _conv2d(inputs, node):
-    data, weights = inputs[0], _constant_filter(inputs[1], "filter")
-    strides, dilations = _window(node, "strides"), _window(node, "dilations")
-    padding = _padding(node, data, weights.shape[:2], strides, dilations)
+def _conv2d(inputs, node, dilations=None, padding=None):
+    """Conv2D; ``dilations`` and ``padding`` ([top, left, bottom, right]) given: the dilated convolution
+    SpaceToBatchND -> Conv2D -> BatchToSpaceND computes (``_atrous``)."""
+    data, weights = inputs[0], _constant(inputs, 1, "filter").astype(np.float32)
+    strides, dilations = _window(node, "strides"), dilations or _window(node, "dilations")
+    padding = padding or _padding(node, data, weights.shape[:2], strides, dilations)
     groups = int(data.ty.shape[-1]) // weights.shape[2]
     # HWIO as TF stores it, which RecognizeBinaryLayers reads as TFLite's filters.
     return relax.op.nn.conv2d(data, relax.const(weights), strides=strides, padding=padding, dilation=dilations,
                               groups=groups, data_layout="NHWC", kernel_layout="HWIO")
 
 
-def _depthwise_conv2d(inputs, node):
-    data, weights = inputs[0], _constant_filter(inputs[1], "filter")
-    strides, dilations = _window(node, "strides"), _window(node, "dilations")
-    padding = _padding(node, data, weights.shape[:2], strides, dilations)
+def _depthwise_conv2d(inputs, node, dilations=None, padding=None):
+    data, weights = inputs[0], _constant(inputs, 1, "filter").astype(np.float32)
+    strides, dilations = _window(node, "strides"), dilations or _window(node, "dilations")
+    padding = padding or _padding(node, data, weights.shape[:2], strides, dilations)
     height, width, channels, multiplier = weights.shape
     return relax.op.nn.conv2d(data, relax.const(weights.reshape(height, width, channels * multiplier, 1)),
                               strides=strides, padding=padding, dilation=dilations, groups=channels,
                               data_layout="NHWC", kernel_layout="HWOI")
+
+
+class _SpaceToBatch:
+    """A SpaceToBatchND of a 4-D NHWC tensor over its height and width, not emitted (yet).
+
+    TF computes a dilated convolution as SpaceToBatchND -> Conv2D (VALID, undilated) -> BatchToSpaceND
+    (``tf.nn.convolution``; Larq's QuantConv2D with ``dilation_rate``): one convolution per offset within the
+    block, interleaved back. That is exactly a dilated VALID convolution of the zero-padded input, cropped,
+    which is what is emitted when the three meet, so that the binary layer stays one conv2d of a sign that
+    RecognizeBinaryLayers knows. Any other consumer gets the op itself (``_materialize``).
+    """
+
+    def __init__(self, value, block: list[int], paddings: np.ndarray):
+        self.value, self.block, self.paddings, self.emitted = value, block, paddings, None
+
+    def expr(self, bb):
+        (top, bottom), (left, right) = self.paddings.tolist()
+        n, h, w, c = _static_shape(self.value)
+        bh, bw = self.block
+        h, w = h + top + bottom, w + left + right
+        x = relax.op.nn.pad(self.value, [0, 0, top, bottom, left, right, 0, 0])
+        x = bb.emit(relax.op.reshape(x, [n, h // bh, bh, w // bw, bw, c]))
+        x = bb.emit(relax.op.permute_dims(x, [2, 4, 0, 1, 3, 5]))
+        return relax.op.reshape(x, [bh * bw * n, h // bh, w // bw, c])
+
+
+class _BatchedConv:
+    """A Conv2D or DepthwiseConv2dNative (``node``, on ``inputs``) of a ``_SpaceToBatch``, not emitted (yet)."""
+
+    def __init__(self, inputs, node):
+        self.inputs, self.node, self.emitted = inputs, node, None
+
+    def expr(self, bb):
+        return OPS[self.node.op]([_materialize(bb, self.inputs[0]), *self.inputs[1:]], self.node)
+
+
+def _materialize(bb, value):
+    """``value``, emitted if it is a ``_SpaceToBatch`` or ``_BatchedConv`` still held back (once)."""
+    if not isinstance(value, (_SpaceToBatch, _BatchedConv)):
+        return value
+    if value.emitted is None:
+        value.emitted = bb.emit(value.expr(bb))
+    return value.emitted
+
+
+def _batch_to_space(bb, value, block: list[int], crops: np.ndarray):
+    """TF's BatchToSpaceND of a 4-D NHWC tensor over its height and width."""
+    n, h, w, c = _static_shape(value)
+    bh, bw = block
+    if n % (bh * bw):
+        raise ValueError(f"batch {n} is not a multiple of the block {bh}x{bw}")
+    x = bb.emit(relax.op.reshape(value, [bh, bw, n // (bh * bw), h, w, c]))
+    x = bb.emit(relax.op.permute_dims(x, [2, 3, 0, 4, 1, 5]))
+    x = bb.emit(relax.op.reshape(x, [n // (bh * bw), h * bh, w * bw, c]))
+    (top, bottom), (left, right) = crops.tolist()
+    return _slice_tensor(x, (slice(None), slice(top, h * bh - bottom), slice(left, w * bw - right)),
+                         [n // (bh * bw), h * bh, w * bw, c])
+
+
+def _block_arguments(node, inputs, rank, what):
+    """The block shape and paddings (or crops) of a SpaceToBatchND (BatchToSpaceND) over height and width."""
+    block, pads = _constant(inputs, 1, "block shape"), _constant(inputs, 2, what)
+    if rank != 4 or block.shape != (2,) or pads.shape != (2, 2):
+        raise NotImplementedError(f"a block of shape {list(block.shape)} on a rank-{rank} tensor; only 2-D blocks "
+                                  "on NHWC tensors")
+    if (block < 1).any() or (pads < 0).any():
+        raise ValueError(f"block shape {block.tolist()} and {what} {pads.tolist()}: blocks must be positive, "
+                         f"{what} non-negative")
+    return [int(b) for b in block], pads.astype(np.int64)
+
+
+def _atrous(bb, node, args):
+    """SpaceToBatchND, a convolution of one and BatchToSpaceND of that: held back or fused (``_SpaceToBatch``);
+    None for every other op."""
+    if node.op == "SpaceToBatchND":
+        value = _expr(_materialize(bb, args[0]))
+        shape = _static_shape(value)
+        block, paddings = _block_arguments(node, args, len(shape), "paddings")
+        padded = [size + int(p.sum()) for size, p in zip(shape[1:3], paddings)]
+        if any(size % b for size, b in zip(padded, block)):
+            raise ValueError(f"the padded height and width {padded} are not multiples of the block shape {block}")
+        return _SpaceToBatch(value, block, paddings)
+    if node.op in ("Conv2D", "DepthwiseConv2dNative") and isinstance(args[0], _SpaceToBatch):
+        if node.attr["padding"].s == b"VALID" and _window(node, "strides") == _window(node, "dilations") == (1, 1):
+            return _BatchedConv(args, node)
+        return None
+    if node.op == "BatchToSpaceND":
+        conv = args[0]
+        rank = 4 if isinstance(conv, _BatchedConv) else len(_static_shape(_materialize(bb, conv)))
+        block, crops = _block_arguments(node, args, rank, "crops")
+        if isinstance(conv, _BatchedConv) and conv.emitted is None and conv.inputs[0].block == block:
+            batched = conv.inputs[0]
+            # Each output row is one window start: cropping it is padding less, as far as there is padding.
+            (pt, pb), (pl, pr) = batched.paddings.tolist()
+            (ct, cb), (cl, cr) = crops.tolist()
+            padding = [max(pt - ct, 0), max(pl - cl, 0), max(pb - cb, 0), max(pr - cr, 0)]
+            out = bb.emit(OPS[conv.node.op]([batched.value, *conv.inputs[1:]], conv.node, dilations=tuple(block),
+                                             padding=padding))
+            rest = [max(ct - pt, 0), max(cb - pb, 0), max(cl - pl, 0), max(cr - pr, 0)]
+            if not any(rest):
+                return out
+            n, h, w, c = _static_shape(out)
+            return _slice_tensor(out, (slice(None), slice(rest[0], h - rest[1]), slice(rest[2], w - rest[3])),
+                                 [n, h, w, c])
+        return _batch_to_space(bb, _materialize(bb, conv), block, crops)
+    return None
 
 
 def _matmul(inputs, node):
@@ -217,18 +494,27 @@ def _pool(kind):
 
 def _reduce(numpy_fn, relax_fn):
     def convert(inputs, node):
-        value, axes = inputs
+        value = inputs[0]
         keepdims = bool(node.attr["keep_dims"].b)
-        axes = [int(a) for a in np.atleast_1d(axes)]
+        rank = len(_static_shape(value))
+        axes = [int(a) for a in np.atleast_1d(_constant(inputs, 1, "axes"))]
+        if any(not -rank <= a < rank for a in axes):
+            raise ValueError(f"axes {axes} are out of range for a tensor of rank {rank}")
+        axes = sorted({a % rank for a in axes})
         if _is_const(value):
-            return numpy_fn(value, axis=tuple(axes), keepdims=keepdims)
+            # The dtype stays the input's: numpy would sum int32 shapes into int64, TF does not.
+            return np.asarray(numpy_fn(value, axis=tuple(axes), keepdims=keepdims)).astype(value.dtype)
         return relax_fn(value, axes, keepdims=keepdims)
 
     return convert
 
 
 def _softmax(inputs, _node):
-    return relax.op.nn.softmax(inputs[0], axis=-1)
+    value = inputs[0]
+    if _is_const(value):
+        exp = np.exp(value - value.max(axis=-1, keepdims=True))
+        return (exp / exp.sum(axis=-1, keepdims=True)).astype(value.dtype)
+    return relax.op.nn.softmax(value, axis=-1)
 
 
 def _squeeze(inputs, node):
@@ -239,26 +525,25 @@ def _squeeze(inputs, node):
 
 
 def _expand_dims(inputs, _node):
-    value, axis = inputs[0], int(inputs[1])
+    value = inputs[0]
+    axis = _axis(inputs, 1, len(_static_shape(value)) + 1)
     return np.expand_dims(value, axis) if _is_const(value) else relax.op.expand_dims(value, axis)
 
 
 def _transpose(inputs, _node):
-    value, perm = inputs[0], [int(p) for p in inputs[1]]
+    value, perm = inputs[0], [int(p) for p in _constant(inputs, 1, "permutation")]
     return value.transpose(perm) if _is_const(value) else relax.op.permute_dims(value, perm)
 
 
 def _shape(inputs, node):
-    value = inputs[0]
-    shape = value.shape if _is_const(value) else [int(d) for d in value.ty.shape]
-    return np.array(shape, dtype=np.int64 if node.attr["out_type"].type == 9 else np.int32)  # 9: DT_INT64
+    return np.array(_static_shape(inputs[0]), dtype=_shape_dtype(node))
 
 
 def _pack(inputs, node):
     axis = int(node.attr["axis"].i)
     if all(_is_const(v) for v in inputs):
         return np.stack(inputs, axis=axis)
-    return relax.op.stack([_expr(v) for v in inputs], axis=axis)
+    return relax.op.stack([_expr(_as_dtype_of(v, inputs)) for v in inputs], axis=axis)
 
 
 def _select(inputs, _node):
@@ -297,6 +582,8 @@ OPS: dict[str, Callable] = {
     "Sub": _elementwise(np.subtract, relax.op.subtract),
     "Mul": _elementwise(np.multiply, relax.op.multiply),
     "RealDiv": _elementwise(np.divide, relax.op.divide),
+    "FloorDiv": _elementwise(np.floor_divide, _floor_div),
+    "FloorMod": _elementwise(np.mod, relax.op.floor_mod),  # both take the divisor's sign, as TF does
     "Maximum": _elementwise(np.maximum, relax.op.maximum),
     "Minimum": _elementwise(np.minimum, relax.op.minimum),
     "Neg": _elementwise(np.negative, relax.op.negative),
@@ -318,9 +605,13 @@ OPS: dict[str, Callable] = {
     "ConcatV2": _concat,
     "Reshape": _reshape,
     "StridedSlice": _strided_slice,
-    "Mean": _mean,
+    "Slice": _slice,
+    "GatherV2": _gather,
+    "Mean": _reduce(np.mean, relax.op.mean),
     "Sum": _reduce(np.sum, relax.op.sum),
+    "Prod": _reduce(np.prod, relax.op.prod),
     "Max": _reduce(np.max, relax.op.max),
+    "Min": _reduce(np.min, relax.op.min),
     "Conv2D": _conv2d,
     "DepthwiseConv2dNative": _depthwise_conv2d,
     "MatMul": _matmul,
@@ -334,6 +625,12 @@ OPS: dict[str, Callable] = {
     "ExpandDims": _expand_dims,
     "Transpose": _transpose,
     "Shape": _shape,
+    "Size": _size,
+    "Rank": _rank,
+    "ZerosLike": _like(0),
+    "OnesLike": _like(1),
+    "Fill": _fill,
+    "Range": _range,
     "Pack": _pack,
     "Select": _select,
     "SelectV2": _select,
@@ -343,7 +640,9 @@ OPS: dict[str, Callable] = {
     "Greater": _elementwise(np.greater, relax.op.greater),
     "GreaterEqual": _elementwise(np.greater_equal, relax.op.greater_equal),
     "Equal": _elementwise(np.equal, relax.op.equal),
-    "LeakyRelu": lambda inputs, node: relax.op.nn.leakyrelu(inputs[0], float(node.attr["alpha"].f)),
+    "LeakyRelu": lambda inputs, node: _elementwise(
+        lambda x: np.where(x < 0, x * np.float32(node.attr["alpha"].f), x).astype(x.dtype),
+        lambda x: relax.op.nn.leakyrelu(x, float(node.attr["alpha"].f)))(inputs, node),
     "ReadVariableOp": _read_variable,
 }
 
@@ -378,7 +677,7 @@ def convert_graph(bb: relax.BlockBuilder, graph, inputs: Sequence, where: str) -
             continue
         args = [_output(values, t.op.name, t.value_index) for t in op.inputs]
         values[op.name] = _convert_node(bb, op.node_def, args, where, {})
-    return [_output(values, t.op.name, t.value_index) for t in graph.outputs]
+    return [_materialize(bb, _output(values, t.op.name, t.value_index)) for t in graph.outputs]
 
 
 def _needed_ops(graph) -> set[str]:
@@ -464,7 +763,7 @@ def convert_function(bb: relax.BlockBuilder, function, inputs: Sequence, where: 
         inputs_ = [_output(values, n, i) for n, i in data_inputs(node)]
         value = _convert_node(bb, node, inputs_, where, functions)
         values[name] = value if isinstance(value, list) else [value]
-    return [_output(values, n, i) for n, i in results]
+    return [_materialize(bb, _output(values, n, i)) for n, i in results]
 
 
 def _output_offset(node, out_arg: str, functions: Mapping, where: str) -> int:
@@ -485,6 +784,10 @@ def _output_offset(node, out_arg: str, functions: Mapping, where: str) -> int:
 
 
 _CALLS = ("PartitionedCall", "StatefulPartitionedCall")
+# Converted by ``_atrous`` (which needs the block builder), not by a function of OPS.
+_ATROUS = ("SpaceToBatchND", "BatchToSpaceND")
+# Ops that hand a held-back SpaceToBatchND or convolution on as it is.
+_PASS_THROUGH = ("Identity", "IdentityN", "StopGradient")
 
 
 def _with_defaults(node):
@@ -515,19 +818,35 @@ def _convert_node(bb, node, args, where, functions):
                                         "which the model does not hold")
         return convert_function(bb, functions[name], args, where, functions)
     converter = OPS.get(node.op)
-    if converter is None:
+    if converter is None and node.op not in _ATROUS:
         raise UnsupportedModelError(
             f"{where}: TensorFlow op {node.op} ({node.name}) is not supported by the TensorFlow graph importer; "
-            f"supported: {', '.join(sorted(OPS))}")
+            f"supported: {', '.join(sorted([*OPS, *_ATROUS]))}")
+    node = _with_defaults(node)
     try:
-        return _emit(bb, converter(args, _with_defaults(node)))
+        held = _atrous(bb, node, args)
+        if held is not None:
+            return _emit(bb, held)
+        if node.op not in _PASS_THROUGH:
+            args = [_materialize(bb, a) for a in args]
+        return _emit(bb, converter(args, node))
+    except NotConstantError as err:
+        source = [i for i in node.input if not i.startswith("^")][err.index]
+        raise UnsupportedModelError(
+            f"{where}: TensorFlow op {node.op} ({node.name}): its {err.what} (input {err.index}, {source}) is "
+            f"computed from the model's input data, not from shapes and constants only; only a {err.what} known "
+            "at compile time is supported") from err
     except (NotImplementedError, ValueError, TypeError) as err:
         raise UnsupportedModelError(f"{where}: TensorFlow op {node.op} ({node.name}): {err}") from err
 
 
 def _emit(bb: relax.BlockBuilder, value):
+    if isinstance(value, (_SpaceToBatch, _BatchedConv)):
+        return value
     if isinstance(value, list):
-        return [v if v is None or _is_const(v) or isinstance(v, relax.Var) else _emit(bb, v) for v in value]
+        return [v if v is None or isinstance(v, relax.Var) else _emit(bb, v) for v in value]
+    if isinstance(value, np.generic):  # numpy reduces 0-d arrays to scalars: a constant stays an array
+        return np.asarray(value)
     if _is_const(value):
         return value
     value = bb.emit(value)
