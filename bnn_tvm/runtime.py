@@ -189,7 +189,8 @@ def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModel:
     if threads is not None or not _pool_configured:
         set_threads(threads)
     # TVM picks its loader by the file's extension; check_library has found a shared library whatever its name.
-    library = tvm.get_global_func("ffi.Module.load_from_file.so")(os.fspath(path), "so")
+    # dlopen searches the library path for a name without a slash: the file named is the one loaded.
+    library = tvm.get_global_func("ffi.Module.load_from_file.so")(os.path.abspath(path), "so")
     return CompiledModel(library, path=path)
 
 

@@ -115,9 +115,10 @@ def test_rpi4_build_takes_the_shipped_schedules_and_its_bundle_runs_under_qemu(i
     assert list((installed.cache / "runners").glob("bnn-run-aarch64-*"))
     x = zoo.random_input((1, 224, 224, 3))
     np.save(tmp_path / "x.npy", x)
-    y, _ = under_qemu(installed.cwd / "q-rpi4", tmp_path / "x.npy", tmp_path)
-    np.testing.assert_array_equal(y, on_board_python(installed.cwd / "q-rpi4" / "model.so", tmp_path / "x.npy",
-                                                     tmp_path))
+    under_qemu(installed.cwd / "q-rpi4", tmp_path, "--input", tmp_path / "x.npy", "--output", "y_qemu.npy")
+    y = np.load(tmp_path / "y_qemu.npy")
+    np.testing.assert_array_equal(y, on_board_python(installed.cwd / "q-rpi4" / "model.so", [tmp_path / "x.npy"],
+                                                     tmp_path)[0])
     lce = zoo.lce_interpreter(model).predict(x)
     assert np.abs(y - lce).max() <= RTOL * max(1.0, float(np.abs(lce).max()))
 
