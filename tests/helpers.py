@@ -1,5 +1,7 @@
 """Helpers shared by the tests."""
 
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import relax
 
@@ -12,6 +14,17 @@ from bnn_tvm import zoo
 # their activations drift apart by about that much. Measured on BiRealNet-128, input 16: LCE's logits move
 # 2e-7 under a 1e-6 perturbation and 3% under 1e-5, and bnn-tvm's differ from LCE's (and Keras's) by 1.3%.
 PERTURBATION = 1e-5
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model a test's own builder makes, cached under ``name`` by ``zoo.cached_tflite(Built(name), builder)``
+    (which keys by the builder too)."""
+
+    name: str
+
+    def recipe(self) -> dict:
+        return {"kind": "test-builder", "name": self.name}
 
 
 def single_op_module(make_output, *inputs):

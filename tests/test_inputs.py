@@ -8,7 +8,6 @@ names the file or input and what is expected, never a traceback or "This is a bu
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from bnn_tvm import zoo
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.signature import InputError
 
+from .helpers import Built
 from .test_zoo import RTOL
 
 TWO = zoo.TwoInputCase()
@@ -174,16 +174,6 @@ def test_a_tuning_records_folder_that_is_not_one_is_named(two, tmp_path):
     (tmp_path / "empty").mkdir()
     line = one_error_line(cli("compile", model, "-o", tmp_path / "m.so", "--tuning-records", tmp_path / "empty"))
     assert "empty: holds no tuning records (database_tuning_record.json)" in line, line
-
-
-@dataclass(frozen=True)
-class Built:
-    """A model made by a builder below, cached under its name (``zoo.cached_tflite`` keys by the builder too)."""
-
-    name: str
-
-    def recipe(self) -> dict:
-        return {"kind": "test_inputs", "name": self.name}
 
 
 def _open_size_model(_case):

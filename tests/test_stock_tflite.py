@@ -22,7 +22,7 @@ from bnn_tvm import zoo
 from bnn_tvm.frontend import from_tflite
 from bnn_tvm.transform import optimize
 from bnn_tvm.transform.recognize_binary_layers import RecognizeBinaryLayers
-from tests.helpers import single_op_module
+from tests.helpers import Built, single_op_module
 
 R = relax.op
 UNIT_ROUNDOFF = 2.0**-24
@@ -320,18 +320,10 @@ def _cumsum_model(_case):
     return tf.keras.Model(x, tf.keras.layers.Conv2D(4, 3)(y))
 
 
-@dataclass(frozen=True)
-class _Built:
-    name: str
-
-    def recipe(self) -> dict:
-        return {"kind": "test_stock_tflite", "name": self.name}
-
-
 def test_an_op_whose_tir_tvm_writes_by_hand_compiles(build_and_load):
     """TVM writes cumsum's TIR already scheduled, without the root block schedules look for: it used to end in
     "ScheduleError: Cannot find a block with the name: root" (reported as a bug in bnn-tvm)."""
-    path = zoo.cached_tflite(_Built("cumsum"), builder=_cumsum_model)
+    path = zoo.cached_tflite(Built("cumsum"), builder=_cumsum_model)
     x = zoo.random_input((1, 8, 8, 3))
     expected = zoo.lce_interpreter(path).predict(x)
     # One float convolution after an exact scan: within float rounding of the outputs' scale.
