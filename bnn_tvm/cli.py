@@ -98,7 +98,7 @@ def _add_rpc_flags(command, verb: str) -> None:
     command.add_argument("--rpc-tracker", help=f"{verb} a board registered with this tracker (HOST:PORT)")
     command.add_argument("--rpc-key", help="the board's key at the tracker")
     command.add_argument("--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
-                         help="how long to wait for a board of the key to be free (default 30)")
+                         help="how long to wait for a board of the key (default 30)")
 
 
 def _rpc_flags_paired(args) -> bool:
@@ -111,7 +111,7 @@ def _rpc_flags_paired(args) -> bool:
 def _tune(args) -> int:
     import shlex
 
-    from .tuning import compare_with_default, tune
+    from .tuning import settle_with_whole_model, tune
 
     if not _rpc_flags_paired(args):
         return 2
@@ -120,14 +120,18 @@ def _tune(args) -> int:
     if args.budget is not None and args.budget <= 0:
         print(f"error: --budget must be a positive number of minutes, got {args.budget}", file=sys.stderr)
         return 2
+    def say(line):
+        tqdm.write(line)
+        sys.stdout.flush()
+
     log_dir = tune(Path(args.model), target=args.target, trials=args.trials, log_dir=args.log,
-                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, only_binary=args.only_binary,
-                   say=lambda line: (tqdm.write(line), sys.stdout.flush()), budget_minutes=args.budget,
-                   **_model_options(args))
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_timeout=args.rpc_timeout,
+                   only_binary=args.only_binary, say=say, budget_minutes=args.budget, **_model_options(args))
     if not args.no_compare:
-        default, tuned, unit = compare_with_default(Path(args.model), args.target, log_dir, args.rpc_tracker,
-                                                    args.rpc_key, **_model_options(args))
-        print(f"whole model: default schedules {default:,.3f}, tuned {tuned:,.3f} {unit}: {default / tuned:.2f}x")
+        result = settle_with_whole_model(Path(args.model), args.target, log_dir, args.rpc_tracker, args.rpc_key,
+                                         say=say, **_model_options(args))
+        print(f"whole model: default schedules {result.default:,.4g}, tuned {result.tuned:,.4g} {result.unit}: "
+              f"{result.default / result.tuned:.2f}x")
     shapes = f" --input-shapes {shlex.quote(' '.join(args.input_shapes))}" if args.input_shapes else ""
     print(f"tuning records in {log_dir}; use them with `bnn-tvm compile ...{shapes} --tuning-records {log_dir}`")
     return 0

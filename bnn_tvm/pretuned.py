@@ -22,7 +22,7 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from .schedule_pass import is_binary_task
-from .tuning import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, mean_seconds
+from .tuning import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, is_search_history, mean_seconds
 
 # Package data: in the wheel, and in the source tree for a development install.
 SHIPPED_DIR = Path(__file__).with_name("tune_logs")
@@ -59,8 +59,9 @@ def merge_best(destination: str | Path, *sources: str | Path, only_binary: bool 
     canonical = ms.database.MemoryDatabase()
     for folder in [f for f in (destination, *map(Path, sources)) if (f / RECORD_FILE).exists()]:
         for record in AtomicJSONDatabase(folder).get_all_tuning_records():
-            if not record.run_secs or (only_binary and not is_binary_task(record.workload.mod["main"])):
-                continue  # a failed candidate, or a kernel not asked for
+            if (not record.run_secs or is_search_history(record.workload.mod)
+                    or (only_binary and not is_binary_task(record.workload.mod["main"]))):
+                continue  # a failed candidate, the search's history (not a kernel), or a kernel not asked for
             workload = canonical.commit_workload(record.workload.mod)
             key = next((known for known in best if known.same_as(workload)), workload)
             if key not in best or mean_seconds(record.run_secs) < mean_seconds(best[key].run_secs):

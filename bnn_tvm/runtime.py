@@ -48,7 +48,7 @@ class CompiledModel:
         # fetch the outputs one by one.
         self.vm.set_input("main", *args)
         self.vm.invoke_stateful("main")
-        return _to_numpy(self.vm.get_outputs("main"))
+        return _remote_outputs(self.vm, ())
 
     def _device_inputs(self, inputs, named) -> list:
         signature = self.signature()
@@ -91,6 +91,17 @@ class CompiledModel:
         self._main(*args)  # warm up: first-touch of weights and the thread pool
         timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat)
         return list(timer(*args).results)
+
+
+def _remote_outputs(vm, index: tuple):
+    """The outputs of the last ``invoke_stateful("main")`` at ``index`` as numpy arrays (nested tuples as lists).
+
+    Not ``VirtualMachine.get_outputs``: its recursive closure is a reference cycle holding the VM, so the RPC
+    session, and the board with it, stays taken until the garbage collector happens to run."""
+    arity = vm._get_output_arity("main", *index)
+    if arity == -1:
+        return vm._get_output("main", *index).numpy()
+    return [_remote_outputs(vm, (*index, i)) for i in range(arity)]
 
 
 def _to_numpy(value):

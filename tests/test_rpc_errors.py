@@ -70,6 +70,15 @@ def test_busy_board_fails_after_the_timeout_and_serves_again(emulated_board, arm
     assert load_remote(arm_so, tracker, key, timeout=30).threads() >= 1
 
 
+def test_a_called_remote_model_gives_the_board_back_when_dropped(emulated_board, arm_so):
+    # One board: each call needs the session the previous model held to have closed with it, without waiting
+    # for the garbage collector (TVM's VirtualMachine.get_outputs leaves a reference cycle holding the VM).
+    tracker, key = emulated_board
+    x = zoo.random_input((1, CASE.size, CASE.size, CASE.channels_in))
+    outputs = [load_remote(arm_so, tracker, key, timeout=5)(x) for _ in range(3)]
+    assert all((y == outputs[0]).all() for y in outputs)
+
+
 def test_dead_tracker_fails_at_once_naming_host_and_port(arm_so):
     tracker = dead_tracker()
     message, seconds = failure(lambda: board.request_session(tracker, "rpi4", timeout=30))
