@@ -12,8 +12,11 @@ from tvm import relax
 
 from . import relay_ops  # noqa: F401  (registers relax.bnn.*)
 from . import targets as _targets
+from .pretuned import shipped_database
 from .schedule_pass import apply_default_schedules
 from .signature import LEGACY_SIGNATURE_FUNCTION, SIGNATURE_FUNCTION, Signature
+from .strategies import legalize_binary_ops
+from .tuning_database import RECORD_FILE, apply_tuning_records
 
 
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -21,7 +24,8 @@ def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     with target:
-        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        # The binary ops first, with the target's accumulation; TVM's LegalizeOps then finds none of them left.
+        passes = cpu.library_dispatch_passes(target) + [legalize_binary_ops(target)] + cpu.legalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)
 
 
@@ -38,8 +42,6 @@ def _pipeline(target: tvm.target.Target, databases=(), report=None):
     def _run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = legalize(mod, target)
         with target:
-            from .tuning import apply_tuning_records
-
             for folder in databases:
                 # A function scheduled by an earlier folder no longer matches its workload: later ones skip it.
                 mod = apply_tuning_records(mod, target, folder,
@@ -138,8 +140,6 @@ class TuningRecordsError(ValueError):
 
 def _check_records_folder(folder) -> None:
     """Before the minutes of compiling: the folder ``bnn-tvm tune --log`` wrote, with its records file."""
-    from .tuning import RECORD_FILE
-
     path = Path(folder)
     if not path.is_dir():
         raise TuningRecordsError(f"{folder}: no such folder: --tuning-records takes the folder that "
@@ -202,8 +202,6 @@ def compile(model, target="host", tuning_records=None, report=None,  # noqa: A00
     imported = load_model(model, input_shapes, trust_model_code)
     mod = _with_signature(optimize(imported) if graph_passes else imported, imported)
     tvm_target, preset = _targets.resolve(target)
-    from .pretuned import shipped_database  # imports tuning, which imports this module
-
     shipped = shipped_database(preset.name) if pretuned and preset is not None else None
     pipeline = _pipeline(tvm_target, [f for f in (tuning_records, shipped) if f is not None], report)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)

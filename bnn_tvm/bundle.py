@@ -25,6 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import elf
 from .cache import build_once, cache_dir
 from .targets import AARCH64_TRIPLE, TargetPreset, presets
 
@@ -42,7 +43,6 @@ SYSTEM_LIBRARIES = ("libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "
 # The linker flags in the runner's build and in the README's compile command: the runtime is linked even where
 # the program references none of its symbols (it registers the VM loader), and found beside the program.
 LINK_FLAGS = ("-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN")
-ELF_MACHINES = {62: "x86-64", 183: "aarch64", 40: "32-bit ARM"}
 
 
 class BundleError(RuntimeError):
@@ -164,7 +164,7 @@ def runner_executable(where: BundleTarget) -> Path:
         if done.returncode != 0:
             raise BundleError(f"building {RUNNER} with {where.compiler} failed:\n{done.stderr[-3000:]}")
 
-    name = f"{RUNNER}-{ELF_MACHINES[where.machine]}-{digest.hexdigest()[:16]}"
+    name = f"{RUNNER}-{elf.MACHINES[where.machine]}-{digest.hexdigest()[:16]}"
     return build_once(cache_dir() / "runners" / name, build)
 
 
@@ -174,26 +174,12 @@ def debian_compiler_package(compiler: str) -> str:
     return f"{tool}-{triple}" if triple else compiler
 
 
-def elf_machine(path: Path) -> int | None:
-    """The ELF e_machine of a binary (None: not an ELF file)."""
-    with open(path, "rb") as binary:
-        header = binary.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    return int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
-
-
 def _check_machine(model: Path, where: BundleTarget, name: str) -> None:
-    machine = elf_machine(model)
+    machine = elf.machine(model)
     if machine != where.machine:
-        built = "not a shared library" if machine is None else f"built for {ELF_MACHINES.get(machine, machine)}"
-        raise BundleError(f"{name} is {built}, not for {where.preset.name} ({ELF_MACHINES[where.machine]}): "
+        built = "not a shared library" if machine is None else f"built for {elf.MACHINES.get(machine, machine)}"
+        raise BundleError(f"{name} is {built}, not for {where.preset.name} ({elf.MACHINES[where.machine]}): "
                           f"compile it with --target {where.preset.name}")
-
-
-def _needed(binary: Path) -> list[str]:
-    dynamic = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True, check=True).stdout
-    return [line.split("[", 1)[1].split("]", 1)[0] for line in dynamic.splitlines() if "(NEEDED)" in line]
 
 
 def _binaries(folder: Path) -> list[Path]:
@@ -204,9 +190,8 @@ def system_requirements(folder: Path) -> dict[str, str]:
     """The newest glibc and libstdc++ symbol versions the bundle's binaries need: {"GLIBC": "2.34", ...}."""
     newest: dict[str, tuple[int, ...]] = {}
     for binary in _binaries(folder):
-        versions = subprocess.run(["readelf", "-V", "--wide", str(binary)], capture_output=True, text=True,
-                                  check=True).stdout
-        for name in re.findall(r"Name: (GLIBC(?:XX)?_[0-9.]+)", versions):
+        versions = elf.ElfFile.read(binary).version_needs()
+        for name in (version for version in versions if re.fullmatch(r"GLIBC(?:XX)?_[0-9.]+", version)):
             library, _, number = name.partition("_")
             newest[library] = max(newest.get(library, ()), tuple(int(part) for part in number.split(".")))
     return {library: ".".join(map(str, version)) for library, version in sorted(newest.items())}
@@ -215,7 +200,8 @@ def system_requirements(folder: Path) -> dict[str, str]:
 def _check_self_contained(folder: Path) -> None:
     """Fail unless every library the bundle's binaries need is in the folder or in glibc and libstdc++."""
     for binary in _binaries(folder):
-        missing = [lib for lib in _needed(binary) if lib not in SYSTEM_LIBRARIES and not (folder / lib).exists()]
+        missing = [lib for lib in elf.ElfFile.read(binary).needed() if lib not in SYSTEM_LIBRARIES and not
+                   (folder / lib).exists()]
         if missing:
             raise BundleError(f"{binary.name} needs {', '.join(missing)}, which the bundle does not hold")
 
@@ -227,7 +213,7 @@ def compile_command(compiler: str, source: str, output: str) -> str:
 
 
 def _readme(where: BundleTarget, folder: Path, name: str) -> str:
-    preset, machine = where.preset, ELF_MACHINES[where.machine]
+    preset, machine = where.preset, elf.MACHINES[where.machine]
     needs = system_requirements(folder)
     device = "a Raspberry Pi or another aarch64 board" if where.machine == 183 else "an x86-64 machine"
     tvm_version = next((line.split(":", 1)[1].strip() for line in _dist_info(where.site_packages, "apache_tvm")

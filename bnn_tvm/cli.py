@@ -57,7 +57,7 @@ def _compile(args) -> int:
 
 def _check_output(output: str) -> None:
     """Refuse an output path that cannot be written before the minutes of compiling, not after."""
-    from .frontend.model_file import ModelFileError
+    from .frontend.errors import ModelFileError
 
     path = Path(output)
     if path.is_dir():
@@ -111,7 +111,8 @@ def _rpc_flags_paired(args) -> bool:
 def _tune(args) -> int:
     import shlex
 
-    from .tuning import settle_with_whole_model, tune
+    from .tuning import tune
+    from .tuning.whole_model import settle_with_whole_model
 
     if not _rpc_flags_paired(args):
         return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 from tvm.s_tir import meta_schedule as ms
 
 from .schedule_pass import is_binary_task
-from .tuning import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, is_search_history, mean_seconds
+from .tuning_database import RECORD_FILE, WORKLOAD_FILE, AtomicJSONDatabase, is_search_history, mean_seconds
 
 # Package data: in the wheel, and in the source tree for a development install.
 SHIPPED_DIR = Path(__file__).with_name("tune_logs")

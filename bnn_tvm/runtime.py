@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import statistics
-import struct
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from .elf import ET_DYN, MACHINES, ElfError, ElfFile
 from .signature import LEGACY_SIGNATURE_FUNCTION, SIGNATURE_FUNCTION, Signature
-from .signature import InputError  # noqa: F401 - what calls raise, importable from here
 
 
 class CompiledModel:
@@ -37,7 +35,7 @@ class CompiledModel:
 
         Raises
         ------
-        InputError
+        signature.InputError
             A ``ValueError`` naming the input that is missing, unknown or of the wrong shape or dtype, and what
             the model takes.
         """
@@ -114,9 +112,7 @@ class LibraryError(ValueError):
     """A .so that cannot be loaded here: not a complete ELF shared library, or built for another machine."""
 
 
-ELF_MACHINES = {3: "x86", 62: "x86-64", 40: "32-bit ARM", 183: "aarch64", 243: "riscv"}
 _HOST_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "i686": 3, "riscv64": 243}
-_ET_DYN, _SHT_NOBITS = 3, 8
 
 
 def check_library(path: str | os.PathLike, machine: int | None = -1) -> os.PathLike:
@@ -136,69 +132,48 @@ def check_library(path: str | os.PathLike, machine: int | None = -1) -> os.PathL
     from .frontend.model_file import checked_model_file
 
     path = checked_model_file(path)
-    with open(path, "rb") as f:
-        data = f.read()  # a .so is at most a few hundred MB (weights inside) and is about to be mapped anyway
-
-    def broken(why: str) -> LibraryError:
-        return LibraryError(f"{path}: truncated or not a shared library: {why}")
-
-    if data[:4] != b"\x7fELF":
-        raise broken(f"no ELF header (starts with {data[:4]!r})")
-    if len(data) < 64 or data[4] not in (1, 2) or data[5] not in (1, 2):
-        raise broken(f"its ELF header is incomplete or invalid ({len(data)} bytes)")
-    bits64, order = data[4] == 2, "<" if data[5] == 1 else ">"
-    header = struct.unpack_from(order + ("HHIQQQIHHHHHH" if bits64 else "HHIIIIIHHHHHH"), data, 16)
-    e_type, e_machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = header
-    if e_type != _ET_DYN:
-        raise broken(f"ELF type {e_type}, not a shared object ({_ET_DYN})")
-    if machine == -1:
-        machine = _HOST_MACHINES.get(platform.machine().lower())
-    if machine is not None and e_machine != machine:
-        raise LibraryError(f"{path}: built for {ELF_MACHINES.get(e_machine, f'ELF machine {e_machine}')}, this "
-                           f"machine is {ELF_MACHINES.get(machine, f'ELF machine {machine}')}: compile it with "
-                           f"--target host, or run it on its board (--rpc-tracker, --rpc-key)")
-    size = len(data)
-
-    def table(what, offset, count, entry, minimum, fields):
-        if count and (entry < minimum or offset + count * entry > size):
-            raise broken(f"its {what} table ({count} x {entry} bytes at byte {offset}) ends past the end of "
-                         f"the file ({size} bytes)")
-        return [struct.unpack_from(order + fields, data, offset + i * entry) for i in range(count)]
-
-    program = table("program header", phoff, phnum, phentsize, 56 if bits64 else 32,
-                    "IIQQQQ" if bits64 else "IIIIII")
-    if not program:
-        raise broken("it has no program headers")
-    for i, entry in enumerate(program):
-        # 64-bit: type, flags, offset, vaddr, paddr, filesz; 32-bit: type, offset, vaddr, paddr, filesz, memsz
-        offset, filesz = (entry[2], entry[5]) if bits64 else (entry[1], entry[4])
-        if offset + filesz > size:
-            raise broken(f"segment {i} (bytes {offset}..{offset + filesz}) ends past the end of the file "
-                         f"({size} bytes)")
-    sections = table("section header", shoff, shnum, shentsize, 64 if bits64 else 40,
-                     "IIQQQQ" if bits64 else "IIIIII")
-    for i, entry in enumerate(sections):
-        # name, type, flags, addr, offset, size (the same order in both classes)
-        kind, offset, length = entry[1], entry[4], entry[5]
-        if kind != _SHT_NOBITS and offset + length > size:
-            raise broken(f"section {i} (bytes {offset}..{offset + length}) ends past the end of the file "
-                         f"({size} bytes)")
+    try:
+        library = ElfFile.read(path)  # a .so is about to be mapped anyway
+        if library.type != ET_DYN:
+            raise ElfError(f"ELF type {library.type}, not a shared object ({ET_DYN})")
+        if machine == -1:
+            machine = _HOST_MACHINES.get(platform.machine().lower())
+        if machine is not None and library.machine != machine:
+            raise LibraryError(f"{path}: built for {MACHINES.get(library.machine, f'ELF machine {library.machine}')}, "
+                               f"this machine is {MACHINES.get(machine, f'ELF machine {machine}')}: compile it with "
+                               f"--target host, or run it on its board (--rpc-tracker, --rpc-key)")
+        if not library.segments():
+            raise ElfError("it has no program headers")
+        library.sections()
+    except ElfError as err:
+        raise LibraryError(f"{path}: truncated or not a shared library: {err}") from None
     return path
 
 
 def load(path: str | os.PathLike, threads: int | None = None) -> CompiledModel:
     """Load a .so made by ``bnn_tvm.compile(...).export_library(path)`` on this machine.
 
-    Kernels run on one thread per physical core unless ``threads`` (or an earlier ``set_threads``) says otherwise.
+    TVM's thread pool is one per process, shared by every model loaded in it. The first ``load`` makes it with
+    ``threads`` workers (default: one per physical core), unless ``set_threads`` made it before; later loads use
+    it as it is, and ``threads`` is then only checked: resizing the pool would change every loaded model's
+    threads, which is ``set_threads``' to do, explicitly.
 
     Raises
     ------
     LibraryError
         If ``path`` is not a complete shared library for this machine (see ``check_library``).
+    ValueError
+        If ``threads`` is below 1, or differs from the size of the pool this process already configured.
     """
     path = check_library(path)
-    if threads is not None or not _pool_configured:
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if _pool_threads is None:
         set_threads(threads)
+    elif threads is not None and threads != _pool_threads:
+        raise ValueError(f"threads={threads}: TVM's thread pool, which every model loaded in this process shares, "
+                         f"is already configured for {_pool_threads}; bnn_tvm.runtime.set_threads({threads}) "
+                         "resizes it for all of them")
     # TVM picks its loader by the file's extension; check_library has found a shared library whatever its name.
     # dlopen searches the library path for a name without a slash: the file named is the one loaded.
     library = tvm.get_global_func("ffi.Module.load_from_file.so")(os.path.abspath(path), "so")
@@ -274,25 +249,27 @@ def _defaults_in_environment(defaults: dict[str, str]):
             os.environ.pop(name, None)
 
 
-_pool_configured = False
+_pool_threads: int | None = None  # the size bnn-tvm configured the pool with; None: not yet
 
 
 def set_threads(n: int | None = None) -> int:
     """Run TVM kernels on ``n`` threads (default: one per physical core); returns the number in use.
 
-    TVM's thread pool is one per process (per calling thread, strictly), made on the first parallel kernel or
-    this call with one worker per physical core, and never resized: ``n`` above that uses them all, and idle
-    workers still take CPU time now and then, so a process that wants fewer threads says so before its first run
-    (``load(path, threads=n)``). The workers may run on every CPU this process may use.
+    TVM's thread pool is one per process (per calling thread, strictly), shared by every model loaded in it: this
+    call sizes it for all of them. It is made on the first parallel kernel or the first configuration with one
+    worker per physical core (the environment TVM reads then is set for that moment only, see
+    ``_pool_environment``), and its workers never grow: ``n`` above that uses them all, and idle workers still
+    take CPU time now and then, so a process that wants fewer threads says so before its first run
+    (``load(path, threads=n)``, or this call). The workers may run on every CPU this process may use.
     """
-    global _pool_configured
+    global _pool_threads
     n = physical_cores() if n is None else n
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
     cpus = sorted(os.sched_getaffinity(0))[:n]  # sizes the worker set; binds nothing (TVM_BIND_THREADS=0)
     with _defaults_in_environment(_pool_environment()):
         tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, n, [str(c) for c in cpus])
-    _pool_configured = True
+    _pool_threads = n
     return threads()
 
 

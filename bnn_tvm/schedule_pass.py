@@ -71,14 +71,14 @@ def schedule_function(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.Pr
     return sch.mod["main"]
 
 
-def apply_default_schedules(target: tvm.target.Target, skip: set[str] | None = None):
-    """A module pass scheduling every PrimFunc not already scheduled (not in ``skip``)."""
+def apply_default_schedules(target: tvm.target.Target):
+    """A module pass scheduling every PrimFunc not already scheduled (a tuning record may have)."""
 
     @tvm.transform.module_pass(opt_level=0, name="bnn_tvm.ApplyDefaultSchedules")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updated = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or (skip and gvar.name_hint in skip):
+            if not isinstance(func, tirx.PrimFunc):
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 continue

@@ -269,5 +269,46 @@ def save_outputs(path, signature: Signature, outputs: list) -> Path:
     return path
 
 
-__all__ = ["InputError", "LEGACY_SIGNATURE_FUNCTION", "OUTPUT_NAMES_ATTR", "SIGNATURE_FUNCTION", "Signature", "TensorSpec", "read_inputs",
-           "random_array", "save_outputs", "with_names"]
+def save_inputs(path, signature: Signature, arrays: list) -> Path:
+    """The model's inputs (``arrays``, in ``signature``'s order) to one .npz keyed by input name, which a
+    worker process reads back with ``read_worker_inputs``; written beside ``path`` and renamed into place."""
+    import numpy as np
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as file:  # a file object: np.savez would add .npz to a name without it
+        np.savez(file, **dict(zip(signature.names(), arrays, strict=True)))
+    os.replace(partial, path)
+    return path
+
+
+def read_worker_inputs(path) -> dict:
+    """{input name: array} of an .npz by ``save_inputs``, in its order; a .npy's one array as {"": array}."""
+    import numpy as np
+
+    with open(path, "rb") as file:
+        npy = file.read(6) == b"\x93NUMPY"
+    if npy:
+        return {"": np.load(path)}
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def input_sources(signature: Signature, inputs_file=None, input_files=()) -> list:
+    """Where each of ``signature``'s inputs came from (``FILE.npz[NAME]``, ``FILE.npy``), None for a random one:
+    ``read_inputs``' own resolution, for reports; call it once ``read_inputs`` accepted the files."""
+    import numpy as np
+
+    names, given = signature.names(), {}
+    if inputs_file is not None:
+        with np.load(inputs_file) as archive:
+            given.update({key: f"{inputs_file}[{key}]" for key in archive.files})
+    for text in input_files:
+        name, path = _split_name(text, names)
+        given[name or next(n for n in names if n not in given)] = path
+    return [given.get(name) for name in names]
+
+
+__all__ = ["InputError", "LEGACY_SIGNATURE_FUNCTION", "OUTPUT_NAMES_ATTR", "SIGNATURE_FUNCTION", "Signature",
+           "TensorSpec", "input_sources", "random_array", "read_inputs", "read_worker_inputs", "save_inputs",
+           "save_outputs", "with_names"]

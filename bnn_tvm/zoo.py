@@ -32,6 +32,13 @@ def _tf():
     return tf
 
 
+def _built(builder, case):
+    """``builder(case)`` named as in a fresh process: Keras numbers unnamed layers (``input_1``...) per process,
+    and the names end up in the converted file, its signature and the messages that quote it."""
+    _tf().keras.backend.clear_session()
+    return builder(case)
+
+
 @dataclass(frozen=True)
 class ConvCase:
     """One binary-conv test model: quantize -> bconv (-> second bconv for packed hand-off)."""
@@ -96,7 +103,7 @@ def cached_tflite(case, builder=None) -> Path:
     """The .tflite of ``case``, converted by LCE once and cached under CACHE_DIR."""
     path = CACHE_DIR / f"{case.name}-{_recipe_hash(case, builder)}.tflite"
     if not path.exists():
-        model = (builder or keras_model)(case)
+        model = _built(builder or keras_model, case)
         _write_atomically(path, convert(model, int8=getattr(case, "output", "") == "int8"))
     return path
 
@@ -254,7 +261,7 @@ def cached_stock_tflite(case, builder=None) -> Path:
     """
     path = CACHE_DIR / f"{case.name}-float-{_recipe_hash(case, builder)}.tflite"
     if not path.exists():
-        _write_atomically(path, convert_stock((builder or keras_model)(case)))
+        _write_atomically(path, convert_stock(_built(builder or keras_model, case)))
     return path
 
 
@@ -269,7 +276,7 @@ def cached_saved_model(case, builder=None, model=None) -> Path:
     path = CACHE_DIR / f"{case.name}-savedmodel-{_recipe_hash(case, builder)}"
     if path.exists():
         return path
-    model = model if model is not None else (builder or keras_model)(case)
+    model = model if model is not None else _built(builder or keras_model, case)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Saved beside the entry and renamed into place: an interrupted save never leaves a torn folder at ``path``.
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")

@@ -36,6 +36,17 @@ def packed_words(channels: int) -> int:
     return (channels + BITS_PER_WORD - 1) // BITS_PER_WORD
 
 
+def round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def check_channels_in(op: str, channels_in: int, words: int) -> None:
+    """``channels_in`` bits are what ``words`` packed words of the input hold."""
+    if channels_in < 1 or packed_words(channels_in) != words:
+        raise BnnOpError(op, "channels_in", f"{channels_in} channels need {packed_words(max(channels_in, 1))} "
+                                            f"words, the input has {words}")
+
+
 def register_op(
     name: str,
     doc: str,
@@ -55,6 +66,24 @@ def register_op(
     tvm.ir.register_op_attr(name, "FPurity", True)
     register_legalize(name, legalize)
     return tvm.ir.Op.get(name)
+
+
+def legalize_without_target(legalize_with: Callable[[relax.BlockBuilder, relax.Call, str], relax.Expr],
+                            value_only_accumulation: str) -> Callable[[relax.BlockBuilder, relax.Call], relax.Expr]:
+    """The default legalization of an op whose kernel depends on the target (it chooses the accumulation).
+
+    Without a target no kernel is made: the call is left as it is, and only a call of constants is legalized
+    (with ``value_only_accumulation``), which is how FoldConstant evaluates it at compile time: every
+    accumulation gives the same values, and no kernel remains. ``bnn_tvm.build.legalize(mod, target)`` (or
+    ``LegalizeOps(bnn_tvm.strategies.binary_legalizations(target))``) makes the kernels.
+    """
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        if all(isinstance(arg, tvm.ir.expr.Constant) for arg in call.args):
+            return legalize_with(bb, call, lambda _geometry: value_only_accumulation)
+        return call
+
+    return legalize
 
 
 def make_call(op_name: str, args: list[relax.Expr], **attrs) -> relax.Call:

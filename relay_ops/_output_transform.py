@@ -35,6 +35,7 @@ from ._common import (
     BITS_PER_WORD,
     PACKED_DTYPE,
     BnnOpError,
+    check_choice,
     expect_dtype,
     packed_words,
     static_shape,
@@ -70,6 +71,17 @@ def transform_args(op: str, out_dtype: str, multiplier, bias, thresholds) -> lis
     if multiplier is None or bias is None:
         raise BnnOpError(op, "multiplier", f"{out_dtype} output needs a multiplier and a bias")
     return [multiplier, bias]
+
+
+def check_transform_attrs(op: str, attrs: dict) -> None:
+    """The activation and the output dtype are ones the transform computes."""
+    check_choice(op, "activation", attrs["activation"], ACTIVATIONS)
+    check_choice(op, "out_dtype", attrs["out_dtype"], OUT_DTYPES)
+
+
+def output_shape(leading: list[int], channels_out: int, out_dtype: str) -> list[int]:
+    """``leading`` axes, then the output channels: one per channel, or 32 per word when bitpacked."""
+    return [*leading, packed_words(channels_out) if out_dtype == PACKED_DTYPE else channels_out]
 
 
 def check_transform_inputs(op: str, call: relax.Call, attrs: dict, channels_out: int) -> None:

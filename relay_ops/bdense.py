@@ -13,27 +13,30 @@ int8 (the same rescaled to the output scale and zero point); or bitpacked
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-import tvm
 from tvm import relax, te, tirx
 
 from ._common import (
     PACKED_DTYPE,
     BnnOpError,
     attr,
-    check_choice,
+    check_channels_in,
     make_call,
     packed_words,
+    legalize_without_target,
     register_op,
+    round_up,
     static_shape,
 )
 from ._output_transform import (
     DEFAULT_OUTPUT_FORMULA,
     TRANSFORM_ATTRS,
-    ACTIVATIONS,
-    OUT_DTYPES,
+    check_transform_attrs,
     infer_binary_mac_type,
     legalize_folded_constants,
+    output_shape,
     packed_output_compute,
     packed_output_ref,
     scaled_output_compute,
@@ -41,11 +44,12 @@ from ._output_transform import (
     transform_args,
     transform_attrs,
 )
-from .bconv2d import CHANNEL_BLOCK, HALFWORD_LANES, UINT16_MAX, WORDS_PER_CHUNK
+from ._lanes import CHANNEL_BLOCK, HALFWORD_LANES, WORDS_PER_CHUNK, halfword_popcount, sum_lanes
 from .bitpack import unpack_bits
 
 OP = "relax.bnn.bdense"
 RULE = "bnn_bdense"
+ACCUMULATIONS = ("words", "halfwords")
 
 
 def bdense(
@@ -84,16 +88,10 @@ class DenseGeometry:
         self.batch, self.words = x_shape
         self.channels_out, filter_words = w_shape
         self.channels_in = attrs["channels_in"]
-        check_choice(OP, "activation", attrs["activation"], ACTIVATIONS)
-        check_choice(OP, "out_dtype", attrs["out_dtype"], OUT_DTYPES)
+        check_transform_attrs(OP, attrs)
         if filter_words != self.words:
             raise BnnOpError(OP, "filter", f"{filter_words} packed words per output channel, the input has {self.words}")
-        if self.channels_in < 1 or packed_words(self.channels_in) != self.words:
-            raise BnnOpError(
-                OP, "channels_in",
-                f"{self.channels_in} channels need {packed_words(max(self.channels_in, 1))} words, "
-                f"the input has {self.words}",
-            )
+        check_channels_in(OP, self.channels_in, self.words)
         if self.batch < 1 or self.channels_out < 1:
             raise BnnOpError(OP, "input" if self.batch < 1 else "filter", "empty tensors are not supported")
         self.depth = self.channels_in
@@ -101,9 +99,7 @@ class DenseGeometry:
 
     @property
     def out_shape(self) -> list[int]:
-        if self.attrs["out_dtype"] == PACKED_DTYPE:
-            return [self.batch, packed_words(self.channels_out)]
-        return [self.batch, self.channels_out]
+        return output_shape([self.batch], self.channels_out, self.attrs["out_dtype"])
 
 
 def _attrs(call: relax.Call) -> dict:
@@ -138,19 +134,6 @@ def bdense_ref(x, w, attrs: dict, multiplier=None, bias=None, thresholds=None) -
 # functions of their own, which FoldConstant evaluates at compile time.
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return (n + multiple - 1) // multiple * multiple
-
-
-def accumulation_for(target, g: DenseGeometry) -> str:
-    """``halfwords`` (NEON popcount into u16 lanes) on ARM when the lanes cannot overflow, else ``words``."""
-    if target is None or "arm_cpu" not in list(target.keys):
-        return "words"
-    chunks = _round_up(g.words, WORDS_PER_CHUNK) // WORDS_PER_CHUNK
-    # Each chunk adds at most 16 to a lane (C up to 2^19 fits).
-    return "halfwords" if chunks * 16 <= UINT16_MAX else "words"
-
-
 def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tensor:
     """The filter [Cout, words] in blocks of 32 output channels, zero beyond Cout.
 
@@ -168,7 +151,7 @@ def blocked_filter_compute(w: te.Tensor, accumulation: str = "words") -> te.Tens
 
     if accumulation == "words":
         return te.compute((blocks, words, CHANNEL_BLOCK), weight, name="bdense_filter_blocked")
-    padded = _round_up(words, WORDS_PER_CHUNK)
+    padded = round_up(words, WORDS_PER_CHUNK)
     return te.compute((blocks, CHANNEL_BLOCK, padded), lambda b, lane, c: weight(b, c, lane),
                       name="bdense_filter_blocked")
 
@@ -231,25 +214,28 @@ def _accumulate_halfwords(x, w_blocked, g: DenseGeometry):
 
     def lane_count(n, o, lane):
         word = k * WORDS_PER_CHUNK + lane // 2
-        # In int64 because relax makes every index int64 and the lane index takes part in the shift.
-        bits = tirx.bitwise_xor(x[n, word], w_blocked[o // CHANNEL_BLOCK, o % CHANNEL_BLOCK, word]).astype("int64")
-        half = tirx.bitwise_and(tirx.shift_right(bits, lane % 2 * 16), tirx.const(UINT16_MAX, "int64"))
-        return te.sum(tirx.popcount(half).astype("uint16"), axis=k)
+        wv = w_blocked[o // CHANNEL_BLOCK, o % CHANNEL_BLOCK, word]
+        return te.sum(halfword_popcount(x[n, word], wv, lane), axis=k)
 
     lanes = te.compute((g.batch, g.blocks * CHANNEL_BLOCK, HALFWORD_LANES), lane_count, name="bdense_lanes",
                        attrs={"schedule_rule": RULE})
-    lane = te.reduce_axis((0, HALFWORD_LANES), name="lane")
-    return te.compute(lanes.shape[:2], lambda n, o: te.sum(lanes[n, o, lane].astype("int32"), axis=lane),
-                      name="bdense_accum")
+    return sum_lanes(lanes, "bdense_accum")
 
 
-def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+AccumulationChoice = Callable[[DenseGeometry], str]
+
+
+def legalize(bb: relax.BlockBuilder, call: relax.Call, choose_accumulation: AccumulationChoice) -> relax.Expr:
+    """The TE computes of ``call``, accumulating as ``choose_accumulation(geometry)`` says (``words`` or
+    ``halfwords``; the target decides: ``strategies.binary_legalizations(target)`` binds it)."""
     attrs = _attrs(call)
     x, w = call.args[:2]
     x_shape, _ = static_shape(OP, "input", x)
     w_shape, _ = static_shape(OP, "filter", w)
     g = DenseGeometry(x_shape, w_shape, attrs)
-    accumulation = accumulation_for(tvm.target.Target.current(allow_none=True), g)
+    accumulation = choose_accumulation(g)
+    if accumulation not in ACCUMULATIONS:
+        raise ValueError(f"unknown bdense accumulation {accumulation!r}; known: {', '.join(ACCUMULATIONS)}")
     w_blocked = bb.emit(bb.call_te(blocked_filter_compute, w, accumulation,
                                    primfunc_name_hint="bnn_bdense_block_filter"))
     if attrs["out_dtype"] == PACKED_DTYPE:
@@ -260,4 +246,5 @@ def _legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
                       accumulation=accumulation, primfunc_name_hint="bnn_bdense")
 
 
-register_op(OP, "Binary fully-connected layer on bitpacked [batch, words] input.", _infer_type, _legalize)
+register_op(OP, "Binary fully-connected layer on bitpacked [batch, words] input.", _infer_type,
+            legalize_without_target(legalize, "words"))

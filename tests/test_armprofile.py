@@ -17,6 +17,7 @@ import pytest
 
 import bnn_tvm
 from bnn_tvm import armprofile, board, zoo
+from bnn_tvm.armprofile.emulator import plugin_library
 from bnn_tvm.signature import InputError, random_array
 
 from .test_zoo import RTOL
@@ -156,7 +157,7 @@ def test_cli_errors_name_the_problem(tmp_path, rpi4_so):
         return subprocess.run([sys.executable, "-m", "bnn_tvm.cli", "profile", *args], capture_output=True,
                               text=True, timeout=600)
 
-    x86_so = armprofile.plugin_library()  # a shared library, for x86-64
+    x86_so = plugin_library()  # a shared library, for x86-64
     for args, message in [((str(tmp_path / "missing.so"),), "no such file"),
                           ((str(x86_so),), "not an aarch64 shared library"),
                           ((str(rpi4_so), "--target", "host"), "not an emulated aarch64 preset"),

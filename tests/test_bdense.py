@@ -23,7 +23,7 @@ from bnn_tvm.relay_ops.bdense import RULE
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.strategies import candidates
 from bnn_tvm.transform import optimize
-from bnn_tvm.tuning import AtomicJSONDatabase
+from bnn_tvm.tuning_database import AtomicJSONDatabase
 
 from .helpers import single_op_module
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from bnn_tvm import bench, zoo
+from bnn_tvm.bench.engines import ENGINE_LABELS, ENGINES, spawn_worker, worker
+from bnn_tvm.bench.report import compare_outputs
 from bnn_tvm.runtime import load
 from bnn_tvm.signature import random_array
 
@@ -43,15 +45,13 @@ def test_one_row_per_engine_and_thread_count(zoo_bench):
     markdown = (out / "bench.md").read_text()
     assert markdown in stdout
     table = [line for line in markdown.splitlines() if line.startswith("| 1 |")]
-    assert [line.split("|")[2].strip() for line in table] == [bench.ENGINE_LABELS[e] for e in bench.ENGINES]
+    assert [line.split("|")[2].strip() for line in table] == [ENGINE_LABELS[e] for e in ENGINES]
     for row in rows.values():
         assert len(row["samples_ms"]) == 1 and len(row["samples_ms"][0]) == 3
-        assert row["median_ms"] > 0 and row["median_ms"] == np.median(row["process_medians_ms"])
-    ours = rows["bnn-tvm", 1]["median_ms"]
+        # A median of medians lies among the samples it summarises.
+        assert 0 < min(row["samples_ms"][0]) <= row["median_ms"] <= max(row["samples_ms"][0])
     (ratios,) = report["ratios"]
-    assert ratios["threads"] == 1
-    assert ratios["lce/bnn-tvm"] == pytest.approx(rows["lce", 1]["median_ms"] / ours, rel=1e-12)
-    assert ratios["tflite/bnn-tvm"] == pytest.approx(rows["tflite", 1]["median_ms"] / ours, rel=1e-12)
+    assert ratios["threads"] == 1 and set(ratios) == {"threads", "lce/bnn-tvm", "tflite/bnn-tvm"}
     assert report["machine"]["cpu"] and report["machine"]["physical_cores"] >= 1
 
 
@@ -77,13 +77,41 @@ def test_engines_agree_on_the_output(zoo_bench):
     assert [o["name"] for o in rows["lce"]["outputs"]] == [o["name"] for o in report["outputs"]]
 
 
+def keras_binary_macs(model) -> int:
+    """Binary MACs of one inference, from the Keras model's binary convolutions' own shapes: every output value of
+    a convolution whose input is binarized costs KH * KW * Cin / groups MACs."""
+    import larq as lq
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, lq.layers.QuantConv2D) and layer.input_quantizer is not None:
+            batch, height, width, channels_out = layer.output.shape
+            kernel_height, kernel_width, channels_in_per_group, _ = layer.kernel.shape
+            total += (batch or 1) * height * width * channels_out * kernel_height * kernel_width * channels_in_per_group
+    return total
+
+
 def test_per_kernel_breakdown(zoo_bench):
     _, report, _ = zoo_bench
     kernels = report["kernels"]
     binary = [row for row in kernels["rows"] if row["binary_macs"]]
     assert binary and all("bconv2d" in row["kernel"] or "bdense" in row["kernel"] for row in binary)
-    assert all(row["binary_macs_per_s"] > 0 and row["peak_fraction"] > 0 for row in binary)
-    assert kernels["total_ms"] == pytest.approx(sum(row["ms"] for row in kernels["rows"]))
+    # The kernels' MACs are those of the model's layers (QuickNetSmall's binary layers are 32-channel multiples).
+    keras = zoo.keras_logits_model(zoo.ZooCase(f"{ARCHITECTURE}-{SIZE}-logits", ARCHITECTURE, size=SIZE))
+    assert sum(row["binary_macs"] for row in binary) == keras_binary_macs(keras)
+    # On one thread, against one core's popcount peak. The peak is bench_peak.c's XOR + POPCOUNT + ADD register loop,
+    # not the core's limit: one small kernel, whose operands stay in L1, ran at 1.13x it (AMD EPYC Zen 5, other
+    # tenants busy), so a kernel is bounded at 2x; all binary kernels together, loads and stores included, cannot
+    # beat the loop (0.36-0.58 of it there).
+    assert kernels["threads"] == 1
+    assert all(0 < row["peak_fraction"] <= 2 for row in binary), [row["peak_fraction"] for row in binary]
+    assert 0 < kernels["binary_peak_fraction"] <= 1
+    # The kernels run inside the model: their time per inference is at most the whole model's, timed in the same
+    # worker process (the hook's own overhead falls outside the kernels' timings). Against the slowest of the
+    # model's 3 timed calls, with 1.5x for other tenants: on a 2-core machine at load 6 one preemption of ~5 ms
+    # lands in either measurement (kernels 0.27-3.3 ms, model calls 0.33-5.3 ms there); a unit slip does not pass.
+    bnn = next(row for row in report["results"] if row["engine"] == "bnn-tvm" and row["threads"] == 1)
+    assert 0 < kernels["total_ms"] <= 1.5 * max(bnn["samples_ms"][0]), (kernels["total_ms"], bnn["samples_ms"])
 
 
 def test_popcount_peak_uses_the_machine_instruction_set(zoo_bench):
@@ -115,10 +143,10 @@ def test_lce_tflite_skips_tflite_and_is_bit_exact(tmp_path):
     # A one-input model's .npy still feeds a worker (as tuning's whole-model comparison calls it).
     with np.load(report["input"]["path"]) as saved:
         np.save(tmp_path / "x.npy", saved[saved.files[0]])
-    again = bench.spawn_worker("bnn-tvm", report["library"], tmp_path / "x.npy", 1, 2, 1, tmp_path / "again.json",
-                               tmp_path / "again.npz", False)
+    again = spawn_worker("bnn-tvm", report["library"], tmp_path / "x.npy", 1, 2, 1, tmp_path / "again.json",
+                          tmp_path / "again.npz", False)
     assert len(again["samples_ms"]) == 2
-    rows = bench.compare_outputs(tmp_path / "workers" / "bnn-tvm-1.npz", tmp_path / "again.npz")
+    rows = compare_outputs(tmp_path / "workers" / "bnn-tvm-1.npz", tmp_path / "again.npz")
     assert [row["max_abs_diff_vs_bnn_tvm"] for row in rows] == [0]
 
 
@@ -179,10 +207,10 @@ def test_tflite_worker_matches_inputs_by_name(two_input_bench, tmp_path):
     the other order (by position, the image would go to the features' tensor)."""
     folder, report, _, arrays = two_input_bench
     np.savez(tmp_path / "reversed.npz", image=arrays["image"], features=arrays["features"])
-    result = bench.worker("tflite", zoo.cached_stock_tflite(TWO), tmp_path / "reversed.npz", 1, 1, 0,
-                          tmp_path / "tflite.npz")
+    result = worker("tflite", zoo.cached_stock_tflite(TWO), tmp_path / "reversed.npz", 1, 1, 0,
+                    tmp_path / "tflite.npz")
     assert len(result["samples_ms"]) == 1
-    rows = bench.compare_outputs(folder / "out" / "workers" / "bnn-tvm-1.npz", tmp_path / "tflite.npz")
+    rows = compare_outputs(folder / "out" / "workers" / "bnn-tvm-1.npz", tmp_path / "tflite.npz")
     assert [(row["name"], row["engine_name"]) for row in rows] == [("logits", "logits"), ("refined", "refined")]
     for row in rows:  # float drift only (6e-7 of the largest output here); a swap would not even run
         assert row["max_abs_diff_vs_bnn_tvm"] <= 10 * RTOL * max(1.0, row["max_abs_output"]), row

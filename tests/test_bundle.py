@@ -12,7 +12,7 @@ import pytest
 from tvm import relax
 
 import bnn_tvm
-from bnn_tvm import board, bundle, zoo
+from bnn_tvm import board, bundle, elf, zoo
 from bnn_tvm.signature import InputError, read_inputs, with_names
 
 
@@ -337,8 +337,8 @@ def on_board_python(so, x_paths, cwd):
 def test_aarch64_bundle_matches_the_board_and_the_host(aarch64, host, tmp_path):
     """Bit for bit: what the same .so gives through the emulated board's Python, and what the host bundle gives
     (a binary model with LCE's output formula is exact on both)."""
-    assert bundle.elf_machine(aarch64 / "bnn-run") == 183  # EM_AARCH64
-    assert bundle.elf_machine(aarch64 / "libtvm_runtime.so") == 183
+    assert elf.machine(aarch64 / "bnn-run") == 183  # EM_AARCH64
+    assert elf.machine(aarch64 / "libtvm_runtime.so") == 183
     stdout = under_qemu(aarch64, tmp_path, "--input", host["x_path"], "--output", "y_qemu.npy", "--repeat", "2")
     assert "median latency" in stdout
     y = np.load(tmp_path / "y_qemu.npy")

@@ -180,7 +180,7 @@ def _open_size_model(_case):
     import larq as lq
     import tensorflow as tf
 
-    image = tf.keras.Input((None, None, 3))
+    image = tf.keras.Input((None, None, 3), name="image")  # named: Keras numbers unnamed inputs per process
     x = tf.keras.layers.Conv2D(32, 3, padding="same")(image)
     x = lq.layers.QuantConv2D(32, 3, padding="same", input_quantizer="ste_sign", kernel_quantizer="ste_sign",
                               use_bias=False)(x)
@@ -197,7 +197,7 @@ def _float_model(_case):
 def test_an_open_size_tflite_is_refused_saying_the_size_is_open(tmp_path):
     model = zoo.cached_tflite(Built("open-size"), builder=_open_size_model)
     line = one_error_line(cli("compile", model, "-o", tmp_path / "m.so"))
-    assert "input 'input_1' has an open size (shape signature [1, -1, -1, 3]; the file's shapes are for " \
+    assert "input 'image' has an open size (shape signature [1, -1, -1, 3]; the file's shapes are for " \
            "[1, 1, 1, 3]): bnn-tvm compiles fixed shapes" in line, line
 
 

@@ -11,7 +11,7 @@ from tvm import relax
 
 from bnn_tvm import zoo  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 from bnn_tvm.frontend import UnsupportedModelError, from_keras
-from bnn_tvm.frontend.keras import FloatFallbackWarning
+from bnn_tvm.frontend.errors import FloatFallbackWarning
 from bnn_tvm.transform import optimize
 
 tf = pytest.importorskip("tensorflow")

@@ -14,8 +14,7 @@ import bnn_tvm
 from bnn_tvm import zoo  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 from bnn_tvm.build import load_model
 from bnn_tvm.frontend import UnsupportedModelError, from_keras
-from bnn_tvm.frontend.input_shapes import InputShapesError
-from bnn_tvm.frontend.keras import KerasLoadError, ModelCodeError
+from bnn_tvm.frontend.errors import InputShapesError, KerasLoadError, ModelCodeError
 
 tf = pytest.importorskip("tensorflow")
 lq = pytest.importorskip("larq")

@@ -54,7 +54,7 @@ RTOL = 1e-4
 @pytest.mark.parametrize("architecture,size", ARCHITECTURES, ids=[a for a, _ in ARCHITECTURES])
 def test_zoo_architecture_from_keras(architecture, size, build_and_load, tmp_path):
     import bnn_tvm
-    from bnn_tvm.frontend.keras import FloatFallbackWarning
+    from bnn_tvm.frontend.errors import FloatFallbackWarning
 
     case = zoo.ZooCase(f"{architecture}-{size}-logits", architecture, size=size)
     model = zoo.keras_logits_model(case)

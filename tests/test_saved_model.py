@@ -151,7 +151,8 @@ def reshape_model():
 def test_computed_reshape_shape_compiles_untrusted_and_is_exact(tmp_path, build_and_load):
     """Issue 20: Keras refuses the folder untrusted (a Lambda), its graph computes Reshape shapes from tf.shape:
     they fold to constants once the input shape is fixed, here with a batch of 3."""
-    from bnn_tvm.frontend.keras import ModelCodeError, from_keras
+    from bnn_tvm.frontend.errors import ModelCodeError
+    from bnn_tvm.frontend.keras import from_keras
 
     model = reshape_model()
     folder = save_atomically(model, tmp_path / "reshape")
@@ -282,7 +283,8 @@ GRAPH_ROUTE = {"MeliusNet22": 34, "RealToBinaryNet": 16}
 @pytest.mark.parametrize("architecture", GRAPH_ROUTE)
 def test_zoo_saved_model_compiles_untrusted_and_matches_keras(architecture, build_and_load):
     """The folder (cached by its recipe) compiles without trust_model_code, every binary convolution recognized."""
-    from bnn_tvm.frontend.keras import ModelCodeError, from_keras
+    from bnn_tvm.frontend.errors import ModelCodeError
+    from bnn_tvm.frontend.keras import from_keras
 
     case = zoo.ZooCase(f"{architecture}-64-logits", architecture, size=64)
     model = zoo.keras_logits_model(case)  # seeded: the same model as the cached folder's

@@ -21,7 +21,8 @@ from bnn_tvm import relay_ops as ops
 from bnn_tvm.build import import_model, legalize
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.schedule_pass import is_binary_task, schedule_function
-from bnn_tvm.tuning import AtomicJSONDatabase, BinarySpace, float_space
+from bnn_tvm.tuning.spaces import BinarySpace, float_space
+from bnn_tvm.tuning_database import AtomicJSONDatabase
 
 from .helpers import single_op_module
 

@@ -4,23 +4,19 @@ Checks that the records are used by compile (the compiled kernels are the databa
 structurally, not just the count compile prints) and that tuned builds are bit-exact; that a tuned build is never
 slower than the default build by the tuner's own final measurement (the side-by-side re-measurement decides each
 kernel's record, the whole model overrules it), and no invalid measurement (0.0, below the timer's resolution)
-becomes a record; that a budget bounds the time-left estimate and a resumed run measures nothing twice; and that
-the database stays readable when the tuning process is killed while writing it.
+becomes a record; that a budget bounds the time-left estimate and a resumed run measures nothing twice. (The
+database itself: tests/test_tuning_database.py.)
 """
 
-import os
+import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 import bnn_tvm
@@ -28,41 +24,32 @@ from bnn_tvm import zoo
 from bnn_tvm.build import import_model, legalize
 from bnn_tvm.runtime import load_remote
 from bnn_tvm.schedule_pass import is_binary_task, schedule_function
-from bnn_tvm.tuning import (
+from bnn_tvm.tuning import _Progress, tune
+from bnn_tvm.tuning.runners import LocalMeasurer, build_candidate, export_candidate
+from bnn_tvm.tuning.settle import SETTLED_FILE, SettledFile, adopt_unsettled, schedule_key, settle_records
+from bnn_tvm.tuning.spaces import BinarySpace, float_space, tuning_target, untuned_schedule
+from bnn_tvm.tuning.timing import TIMER_RESOLUTION_SEC, choose_schedule, valid_seconds
+from bnn_tvm.tuning.whole_model import settle_with_whole_model
+from bnn_tvm.tuning_database import (
     RECORD_FILE,
-    SETTLED_FILE,
-    TIMER_RESOLUTION_SEC,
     WORKLOAD_FILE,
     AtomicJSONDatabase,
-    BinarySpace,
-    _adopt_unsettled,
-    _key,
-    _LocalKernels,
-    _Progress,
-    _SearchView,
-    _settle,
-    _Settled,
-    _tuning_target,
+    SearchHistoryView,
     apply_tuning_records,
-    build_candidate,
-    choose_schedule,
-    export_candidate,
-    float_space,
-    settle_with_whole_model,
-    tune,
-    untuned_schedule,
-    valid_seconds,
+    plain_json,
 )
 
 from .test_lce import input_for
+from .test_tuning_database import split_record, tiny_workload
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = zoo.ConvCase("packed-handoff", output="packed", channels_in=64, channels_out=33, strides=2)
 # Quantize, a bconv with packed output, a binary max-pool of a few words (a kernel of some 20 ns), a bconv.
 MAXPOOL = zoo.ConvCase("bmaxpool", output="packed", maxpool=True, channels_out=64)
 TRIALS = 2
 HOST = bnn_tvm.targets.resolve("host")[0]
 # A kernel's line of the table tune prints: name, default and best microseconds, speedup.
+# A progress line with a measured best: "[task] 2/2 trials, best 1.23 us | run ..." (not "best none yet").
+PROGRESS_LINE = re.compile(r"^\[[^\]]+\] \d+/\d+ trials, best (?=[0-9.]*[1-9])[0-9.]+ us")
 KERNEL_LINE = re.compile(r"^(bnn_\w+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x(  \(default kept\))?"
                          r"(  \(earlier record kept\))?$")
 
@@ -163,28 +150,51 @@ def test_the_time_left_is_never_past_the_deadline():
 
 def test_resume_continues_the_run_and_measures_nothing_twice(interrupted, resumed):
     """The resumed run keeps every line the first run wrote, in order, ahead of its own; a kernel that had its trials
-    gets neither a trial nor a re-measurement more; every kernel has its trials at the end."""
+    gets neither a trial nor a re-measurement more (its records and its settling are the first run's, to the last
+    digit of the times); no schedule of a kernel is measured twice; every kernel has its trials at the end."""
     _, _, snapshot = interrupted
     log_dir, messages = resumed
     for name in (RECORD_FILE, WORKLOAD_FILE):
         old, new = (snapshot / name).read_text().splitlines(), (log_dir / name).read_text().splitlines()
-        assert new[:len(old)] == old, name
+        assert new[:len(old)] == old, f"{name}: the first run's lines are not the start of the resumed run's"
     before, after = AtomicJSONDatabase(snapshot), AtomicJSONDatabase(log_dir)
+    settled_before, settled_after = SettledFile(snapshot).entries, SettledFile(log_dir).entries
     tasks = kernel_tasks(zoo.cached_tflite(MAXPOOL))
-    complete = [name for name, mod in tasks.items() if len(_SearchView(before).records_of(mod)) >= TRIALS]
+    complete = [name for name, mod in tasks.items() if len(SearchHistoryView(before).records_of(mod)) >= TRIALS]
     assert 1 <= len(complete) < len(tasks), complete  # the budget cut the first run short
     for name, mod in tasks.items():
-        assert len(_SearchView(after).records_of(mod)) >= TRIALS, name
+        searched = [_record_lines(SearchHistoryView(database).records_of(mod)) for database in (before, after)]
+        assert len(searched[1]) >= TRIALS, name
+        assert searched[1][:len(searched[0])] == searched[0], f"{name}: the first run's trials were not kept"
+        measured = [schedule_key(_replayed(r, mod)) for r in SearchHistoryView(after).records_of(mod)]
+        assert len(measured) == len(set(measured)), f"{name}: a schedule was measured twice"
         if name in complete:
-            assert len(_SearchView(after).records_of(mod)) == len(_SearchView(before).records_of(mod)), name
-            assert len(after.records_of(mod)) == len(before.records_of(mod)), f"{name} was re-measured"
+            assert searched[1] == searched[0], f"{name} was searched again"
+            settled = [_record_lines(database.records_of(mod)) for database in (before, after)]
+            assert settled[1] == settled[0], f"{name} got records again"
+            assert settled_after[schedule_key(mod)] == settled_before[schedule_key(mod)], f"{name} was re-measured"
     assert any("re-measuring" in m and f"of {len(tasks) - len(complete)} kernels" in m for m in messages), messages
+
+
+def _record_lines(records) -> list[str]:
+    """Records as the database file writes them (trace, times, target, arguments), to compare two runs' records."""
+    return [json.dumps(plain_json(record.as_json()), sort_keys=True) for record in records]
+
+
+def assert_bit_exact(actual, expected):
+    """The same array to the bit: dtype, shape and bytes (``assert_array_equal`` takes 0.0 == -0.0, NaN == NaN, and
+    equal values of different dtypes)."""
+    actual, expected = np.ascontiguousarray(actual), np.ascontiguousarray(expected)
+    assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), (actual.dtype, actual.shape,
+                                                                             expected.dtype, expected.shape)
+    differ = np.flatnonzero(actual.view(np.uint8) != expected.view(np.uint8))
+    assert not differ.size, f"{differ.size} bytes differ, the first at byte {differ[0]}"
 
 
 def test_tuned_records_are_used_and_bitexact(resumed, tmp_path):
     log_dir, messages = resumed
     path = zoo.cached_tflite(MAXPOOL)
-    assert any("trials, best" in m for m in messages), messages  # progress was shown
+    assert any(PROGRESS_LINE.search(m) for m in messages), messages  # progress showed a measured best
     assert_compiled_with_records(path, "host", log_dir)
     reports = []
     so = tmp_path / "tuned.so"
@@ -192,7 +202,7 @@ def test_tuned_records_are_used_and_bitexact(resumed, tmp_path):
                     report=lambda t, n, _folder: reports.append((t, n))).export_library(so)
     assert reports and reports[0][0] == 4  # every kernel has a record (its untuned schedule, at least)
     x = input_for(MAXPOOL)
-    np.testing.assert_array_equal(bnn_tvm.load(so)(x), zoo.lce_interpreter(path).predict(x))
+    assert_bit_exact(bnn_tvm.load(so)(x), zoo.lce_interpreter(path).predict(x))
 
 
 def test_the_untuned_schedule_stays_unless_a_candidate_beats_it_beyond_noise(resumed):
@@ -202,11 +212,11 @@ def test_the_untuned_schedule_stays_unless_a_candidate_beats_it_beyond_noise(res
     table = {m[1]: m for m in (KERNEL_LINE.match(line) for line in messages) if m}
     tasks = kernel_tasks(zoo.cached_tflite(MAXPOOL))
     assert table.keys() == tasks.keys(), messages
-    settled = _Settled(log_dir).entries
+    settled = SettledFile(log_dir).entries
     database = AtomicJSONDatabase(log_dir)
     for name, workload in tasks.items():
-        entry = settled[_key(workload)]
-        records = [(_key(_replayed(r, workload)), [float(s) for s in r.run_secs], r)
+        entry = settled[schedule_key(workload)]
+        records = [(schedule_key(_replayed(r, workload)), [float(s) for s in r.run_secs], r)
                    for r in database.records_of(workload)]
         assert records and all(valid_seconds(s) for _, rounds, _ in records for s in rounds), name
         if entry["winner"] == entry["default"]:
@@ -260,12 +270,12 @@ def test_the_whole_model_sets_back_a_kernel_that_made_it_slower(resumed, tmp_pat
     shutil.copytree(resumed[0], log_dir)
     path = zoo.cached_tflite(MAXPOOL)
     workload = kernel_tasks(path)["bnn_bconv2d"]
-    database, settled = AtomicJSONDatabase(log_dir), _Settled(log_dir)
+    database, settled = AtomicJSONDatabase(log_dir), SettledFile(log_dir)
     slow = slow_schedule(workload)
     database.commit_tuning_record(ms.database.TuningRecord(
         slow.trace, database.commit_workload(workload), [1e-9], HOST,
         ms.arg_info.ArgInfo.from_prim_func(workload["main"])))
-    settled.entries[_key(workload)]["winner"] = _key(slow.mod)
+    settled.entries[schedule_key(workload)]["winner"] = schedule_key(slow.mod)
     settled.save()
     tvm.ir.assert_structural_equal(best_schedule(log_dir, workload), slow.mod)  # compile would apply it
     result = settle_with_whole_model(path, "host", log_dir, say=[].append, workdir=tmp_path / "builds")
@@ -294,19 +304,19 @@ def test_a_measurement_of_zero_never_becomes_the_best_record(tmp_path):
     """A folder an earlier tuner left with the float kernel b = a + 1 measured at 0.0 s, below the timer's resolution
     and at a plausible time: the re-measurement compares the untuned schedule with the plausible one only, and
     records nothing of the two bogus figures."""
-    mod = _tiny_workload()
+    mod = tiny_workload()
     stock = ms.database.JSONDatabase(work_dir=str(tmp_path))  # as an older bnn-tvm, or MetaSchedule, wrote it
     for inner, seconds in ((1, 0.0), (2, 1e-12), (4, 3e-7)):
-        stock.commit_tuning_record(_record(stock, mod, inner, seconds))
+        stock.commit_tuning_record(split_record(stock, mod, inner, seconds))
     target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
     context = ms.TuneContext(mod=mod, target=target, space_generator=float_space(), task_name="tiny")
-    database, settled, said = AtomicJSONDatabase(tmp_path), _Settled(tmp_path), []
-    _adopt_unsettled(database, [context], settled, said.append)
-    assert database.records_of(mod) == [] and len(_SearchView(database).records_of(mod)) == 3
+    database, settled, said = AtomicJSONDatabase(tmp_path), SettledFile(tmp_path), []
+    adopt_unsettled(database, [context], settled, said.append)
+    assert database.records_of(mod) == [] and len(SearchHistoryView(database).records_of(mod)) == 3
     builder = ms.builder.LocalBuilder(max_workers=1, f_build=build_candidate, f_export=export_candidate)
-    figures = _settle([context], [False], builder, _LocalKernels(), database, _SearchView(database), None, settled,
-                      said.append)
-    entry = settled.entries[_key(mod)]
+    figures = settle_records([context], [False], builder, LocalMeasurer(), database, SearchHistoryView(database),
+                             None, settled, said.append)
+    entry = settled.entries[schedule_key(mod)]
     assert len(entry["candidates"]) == 2, entry  # the untuned schedule and the inner-4 split
     records = database.records_of(mod)
     assert records and all(valid_seconds(float(s)) for r in records for s in r.run_secs), said
@@ -317,13 +327,13 @@ def test_a_measurement_of_zero_never_becomes_the_best_record(tmp_path):
 
 def test_the_untuned_schedule_is_what_the_untuned_build_compiles():
     """The untuned schedule recorded beside the candidates is the untuned build's kernel, binary and float."""
-    tuning = _tuning_target("host")[0]  # with the "num-cores" MetaSchedule wants; compile has none
+    tuning = tuning_target("host")[0]  # with the "num-cores" MetaSchedule wants; compile has none
     for name, workload in kernel_tasks(zoo.cached_tflite(MAXPOOL), tuning).items():
         context = ms.TuneContext(mod=workload, target=tuning, space_generator=BinarySpace(), task_name=name)
         with tuning:
             sch = untuned_schedule(workload, tuning, True, context.space_generator)
         tvm.ir.assert_structural_equal(sch.mod, untuned_kernel(workload))
-    tiny = _tiny_workload()
+    tiny = tiny_workload()
     tvm.ir.assert_structural_equal(untuned_schedule(tiny, tuning, False).mod, untuned_kernel(tiny))
     replayed = s_tir.Schedule(tiny)
     untuned_schedule(tiny, tuning, False).trace.apply_to_schedule(replayed, remove_postproc=False)
@@ -340,14 +350,14 @@ def test_board_tuning_through_tracker(emulated_board, tmp_path, build_and_load):
     log_dir = tune(path, "rpi4", trials=TRIALS, log_dir=tmp_path / "log", rpc_tracker=tracker, rpc_key=key,
                    only_binary=True, say=messages.append)
     # Candidates were measured on the board, and each kernel re-measured there.
-    assert any(re.search(r"trials, best [0-9.]+ us", m) for m in messages), messages
+    assert any(PROGRESS_LINE.search(m) for m in messages), messages
     kernels = [m for m in map(KERNEL_LINE.match, messages) if m]
     assert len(kernels) == 3 and all(float(k[2]) > 0 and float(k[3]) > 0 for k in kernels), messages
     assert_compiled_with_records(path, "rpi4", log_dir)
     so = tmp_path / "tuned-rpi4.so"
     bnn_tvm.compile(path, "rpi4", tuning_records=log_dir).export_library(so)
     x = input_for(CASE)
-    np.testing.assert_array_equal(load_remote(so, tracker, key)(x), build_and_load(path)(x))
+    assert_bit_exact(load_remote(so, tracker, key)(x), build_and_load(path)(x))
 
 
 def test_tuning_a_target_nothing_here_runs_needs_a_board(tmp_path):
@@ -367,15 +377,16 @@ def test_emulated_board_tuning_ranks_by_estimated_cycles(emulated_board, tmp_pat
     messages = []
     log_dir = tune(path, "rpi4", trials=TRIALS, log_dir=tmp_path / "log", only_binary=True, say=messages.append)
     assert any("estimated cortex-a72 cycles" in m for m in messages), messages
-    assert any("trials, best" in m and " us" in m for m in messages), messages
-    assert len([m for m in messages if KERNEL_LINE.match(m)]) == 3, messages
+    assert any(PROGRESS_LINE.search(m) for m in messages), messages
+    kernels = [m for m in map(KERNEL_LINE.match, messages) if m]
+    assert len(kernels) == 3 and all(float(k[2]) > 0 and float(k[3]) > 0 for k in kernels), messages
     result = settle_with_whole_model(path, "rpi4", log_dir, say=messages.append, workdir=tmp_path / "builds")
     assert result.unit == "estimated cortex-a72 cycles" and result.tuned <= result.default, result
     if result.tuned < result.default:  # some tuned kernels stand: each one is no slower inside the model
-        settled = _Settled(log_dir).entries
+        settled = SettledFile(log_dir).entries
         workloads = kernel_tasks(path, bnn_tvm.targets.resolve("rpi4")[0])
         tuned = [name for name, mod in workloads.items()
-                 if settled[_key(mod)]["winner"] not in (None, settled[_key(mod)]["default"])]
+                 if settled[schedule_key(mod)]["winner"] not in (None, settled[schedule_key(mod)]["default"])]
         assert tuned and all(name in result.kernels for name in tuned), (tuned, result.kernels)
         # (Untuned kernels are the same code in both libraries, whose estimates still differ by up to 0.4%,
         # measured: a block of the library's own code is counted to one kernel or the other.)
@@ -385,88 +396,11 @@ def test_emulated_board_tuning_ranks_by_estimated_cycles(emulated_board, tmp_pat
     bnn_tvm.compile(path, "rpi4", tuning_records=log_dir, pretuned=False).export_library(so)
     tracker, key = emulated_board
     x = input_for(CASE)
-    np.testing.assert_array_equal(load_remote(so, tracker, key)(x), zoo.lce_interpreter(path).predict(x))
+    assert_bit_exact(load_remote(so, tracker, key)(x), zoo.lce_interpreter(path).predict(x))
 
 
 # A board dying mid-run: tests/test_farm.py kills one of two boards during a tuning run; the other finishes it
 # and the database loads (the test that killed a lone board here cost CI two more minutes for the same path).
-
-
-# ---------------------------------------------------------------- the database, without tuning
-
-
-def _tiny_workload():
-    a = te.placeholder((64,), name="a")
-    return tvm.IRModule({"main": te.create_prim_func([a, te.compute((64,), lambda i: a[i] + 1.0, name="b")])})
-
-
-def _record(database, mod, inner: int, seconds: float) -> ms.database.TuningRecord:
-    """A record of ``mod`` split with an inner tile of ``inner``, measured at ``seconds``."""
-    sch = s_tir.Schedule(mod)
-    (loop,) = sch.get_loops(sch.get_sblock("b"))
-    sch.split(loop, sch.sample_perfect_tile(loop, n=2, decision=[64 // inner, inner]))
-    return ms.database.TuningRecord(sch.trace, database.commit_workload(mod), [seconds], tvm.target.Target("llvm"),
-                                    ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
-
-
-# Commits records as fast as it can, forever: the test kills it at a random instant, mid-write or not.
-_WRITER = """
-import sys
-from tests.test_tuning import AtomicJSONDatabase, _record, _tiny_workload
-database, mod = AtomicJSONDatabase(sys.argv[1]), _tiny_workload()
-print(len(database), flush=True)
-while True:
-    database.commit_tuning_record(_record(database, mod, 2 ** (len(database) % 7), 1.0 + len(database)))
-"""
-
-
-def test_database_killed_mid_write_stays_readable_and_resumes(tmp_path):
-    """SIGKILL the writer at random instants: after each kill stock JSONDatabase reads the folder, no
-    record is lost but the one being written, and the next run resumes from what is there."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "log"
-    count = 0
-    for _ in range(3):
-        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        assert int(writer.stdout.readline()) == count  # resumed with every record of the previous runs
-        deadline = time.monotonic() + 60
-        while (folder / RECORD_FILE).read_text().count("\n") < count + 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.05))
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-        writer.stdout.close()
-        database = ms.database.JSONDatabase(work_dir=str(folder))  # would raise on a torn line
-        assert len(database) >= count + 20
-        count = len(database)
-        best = database.get_top_k(database.commit_workload(_tiny_workload()), 1)[0]
-        assert float(best.run_secs[0]) == 1.0
-    AtomicJSONDatabase(folder)
-    assert sorted(p.name for p in folder.iterdir()) == [RECORD_FILE, WORKLOAD_FILE]  # a killed write's temp is gone
-
-
-def test_torn_folder_of_an_append_only_writer_loads_without_the_torn_line(tmp_path):
-    mod = _tiny_workload()
-    stock = ms.database.JSONDatabase(work_dir=str(tmp_path))
-    for inner in (1, 2, 4):
-        stock.commit_tuning_record(_record(stock, mod, inner, float(inner)))
-    records = tmp_path / RECORD_FILE
-    text = records.read_text()
-    records.write_text(text[: len(text) - 40])  # killed while appending the last line
-    with pytest.raises(RuntimeError):  # what stock MetaSchedule makes of it
-        ms.database.JSONDatabase(work_dir=str(tmp_path))
-
-    with pytest.warns(RuntimeWarning, match="line 3"):
-        database = AtomicJSONDatabase(tmp_path)
-    assert len(database) == 2
-    assert float(database.query_tuning_record(mod, tvm.target.Target("llvm"), "main").run_secs[0]) == 1.0
-    # The next commit writes the folder back whole, in the format stock MetaSchedule reads.
-    database.commit_tuning_record(_record(database, mod, 8, 0.5))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        reread = ms.database.JSONDatabase(work_dir=str(tmp_path))
-    assert len(reread) == 3 and len((tmp_path / WORKLOAD_FILE).read_text().splitlines()) == 1
-    assert float(reread.query_tuning_record(mod, tvm.target.Target("llvm"), "main").run_secs[0]) == 0.5
 
 
 def test_cli_tune_with_a_budget_stops_early_and_reports(tmp_path):

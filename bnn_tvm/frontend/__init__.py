@@ -1,6 +1,7 @@
 """Model importers: .tflite files (LCE-converted or stock) and Keras/Larq models."""
 
-from .tflite import UnsupportedModelError, from_tflite
+from .errors import UnsupportedModelError
+from .tflite import from_tflite
 
 
 def from_keras(model, input_shapes=None, trust_model_code: bool = False):

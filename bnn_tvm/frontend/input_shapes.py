@@ -9,16 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from .errors import InputShapesError
+
 # One tvmc mapping: an optional name (which may itself hold colons or slashes, as TF tensor names do), then
 # [d1,d2,...]. Mappings are separated by spaces or commas.
 _ENTRY = re.compile(r"(?:(?P<name>[^\s,\[\]]+)\s*:)?\s*\[(?P<dims>[^\[\]]*)\]")
 _SEPARATORS = re.compile(r"[\s,]*")
 _NHWC = ("batch", "height", "width", "channels")
 SYNTAX = "name:[d1,d2,...] (several separated by spaces or commas), or [d1,d2,...] for a model with one input"
-
-
-class InputShapesError(ValueError):
-    """Input shapes that cannot be read or do not fit the model; the message names the input."""
 
 
 def parse_input_shapes(text: str) -> dict[str | None, tuple[int, ...]]:

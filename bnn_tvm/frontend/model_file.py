@@ -5,13 +5,11 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import ModelFileError
+
 # Larger than any BNN worth compiling (larq-zoo's largest, QuickNetLarge, is ~16 MB as an LCE .tflite and
 # ~110 MB as a float Keras file), small enough to refuse a file read by mistake before it fills memory.
 MAX_MODEL_BYTES = 2 << 30
-
-
-class ModelFileError(ValueError):
-    """A model path that is missing, not a regular file (or folder, where one is expected) or too large."""
 
 
 def checked_model_file(path: str | os.PathLike, folder: bool = False) -> Path:

@@ -28,19 +28,14 @@ from tvm import relax
 
 from ..signature import with_names
 from .block_builder import main_function
+from .errors import KerasLoadError, UnsupportedModelError
 from .input_shapes import resolve_input_shapes
 from .model_file import checked_model_file
 from .tf_graph import convert_function
-from .tflite import UnsupportedModelError
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 _CALLS = ("StatefulPartitionedCall", "PartitionedCall")
-
-
-def is_saved_model(path) -> bool:
-    """Whether ``path`` is a folder holding a ``saved_model.pb``."""
-    return isinstance(path, (str, os.PathLike)) and (Path(path) / "saved_model.pb").is_file()
 
 
 def from_saved_model_folder(path, input_shapes=None, trust_model_code: bool = False) -> tvm.IRModule:
@@ -71,7 +66,7 @@ def from_saved_model_folder(path, input_shapes=None, trust_model_code: bool = Fa
     """
     keras_error = None
     if (Path(path) / "keras_metadata.pb").is_file():
-        from .keras import KerasLoadError, from_keras
+        from .keras import from_keras
 
         try:
             return from_keras(path, input_shapes, trust_model_code)

@@ -36,28 +36,12 @@ from tvm import relax
 
 from .. import relay_ops as ops
 from ..relay_ops._common import same_padding
+from ..relay_ops.binary_filter import channel_scales
 from ._rewrite import Graph, constant, op_name, rewrite_calls
 
 # conv2d kernel layouts TVM's TFLite frontend emits for ordinary and grouped convolutions, as the
 # axis order that turns them into OHWI (HWOI, its depthwise layout, is not binarizable).
 _TO_OHWI = {"OHWI": (0, 1, 2, 3), "HWIO": (3, 0, 1, 2)}
-
-
-def channel_scales(filter_oxx: np.ndarray) -> np.ndarray | None:
-    """Per output channel (first axis) the magnitude ``s`` when every weight of it is +-s with s > 0.
-
-    Returns
-    -------
-    numpy.ndarray or None
-        float32 ``[Cout]``, or None when some channel is not of that form (the layer is not binary).
-    """
-    if filter_oxx.dtype != np.float32 or filter_oxx.size == 0:
-        return None
-    magnitudes = np.abs(filter_oxx.reshape(filter_oxx.shape[0], -1))
-    scales = magnitudes[:, 0]
-    if not (np.all(magnitudes == scales[:, None]) and np.all(np.isfinite(scales)) and np.all(scales > 0)):
-        return None
-    return scales
 
 
 def _float32_tensor(expr: relax.Expr) -> list[int] | None:

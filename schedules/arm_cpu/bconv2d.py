@@ -25,8 +25,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from ...relay_ops.bconv2d import QUAD_CHANNELS, RULE
-from ...strategies import register
+from ...relay_ops._lanes import HALFWORD_LANES, QUAD_CHANNELS
+from ..generic.accumulator import accumulator_of
 from ..generic._util import (
     blocks_by_name,
     chosen,
@@ -36,6 +36,7 @@ from ..generic._util import (
     parallel_rows,
     sample_column_tile,
     sample_split,
+    writes_packed_output,
 )
 from .intrin import (
     POPCOUNT_ACC_QUAD_NEON,
@@ -57,10 +58,10 @@ VECTORIZED_LANES = declare_alternative(
     "arm_bconv2d_vectorized_lanes", "the NEON bconv's lane loop vectorized by LLVM instead of tensorized")
 
 
-@register(RULE, ("arm_cpu",))
-def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
-    if sch.get(lanes).name_hint != "bconv2d_lanes":
-        return None  # the "words" accumulation: the generic CPU schedule serves it
+def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes, target: tvm.target.Target) -> s_tir.Schedule | None:
+    accumulator = accumulator_of(sch, lanes)
+    if accumulator.lanes != HALFWORD_LANES or accumulator.channels_per_register != 1:
+        return None  # "words" (the generic CPU schedule serves it), or the quads
     blocks = blocks_by_name(sch)
     accum, output = blocks["bconv2d_accum"], blocks["bconv2d_output"]
     # Step 1: padding and group re-layout of the input, parallel over rows.
@@ -86,7 +87,7 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     init = sch.decompose_reduction(lanes, p)
     sch.vectorize(sch.get_loops(init)[-1])
     if not vectorized:
-        sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
+        sch.tensorize(lane, popcount_acc_intrin(target))
     sch.unroll(w_inner)
     sch.unroll(o_inner)
 
@@ -97,20 +98,19 @@ def schedule_bconv2d_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.reverse_compute_at(accum, o_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(output, o_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    lane_sum = lane_sum_intrin(tvm.target.Target.current(), extent(sch, sch.get_loops(accum)[-1]))
+    lane_sum = lane_sum_intrin(target, extent(sch, sch.get_loops(accum)[-1]))
     if lane_sum is not None and not vectorized:  # the alternative leaves every loop to LLVM
         accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
         sch.tensorize(sch.get_loops(accum)[-1], lane_sum)
         sch.unroll(sch.get_loops(accum_init)[-1])
-    if not _packed_output(sch, output):
+    if not writes_packed_output(sch, output):
         sch.vectorize(sch.get_loops(output)[-1])
     return sch
 
 
-@register(RULE, ("arm_cpu",))
-def schedule_bconv2d_neon_quads(sch: s_tir.Schedule, quads) -> s_tir.Schedule | None:
+def schedule_bconv2d_neon_quads(sch: s_tir.Schedule, quads, target: tvm.target.Target) -> s_tir.Schedule | None:
     """The quad accumulations (``quad_halves``, ``pixel_quad_halves``, ``quad_words``): see the module."""
-    if sch.get(quads).name_hint != "bconv2d_quads":
+    if accumulator_of(sch, quads).channels_per_register != QUAD_CHANNELS:
         return None
     blocks = blocks_by_name(sch)
     accum, output = blocks["bconv2d_accum"], blocks["bconv2d_output"]
@@ -154,10 +154,6 @@ def schedule_bconv2d_neon_quads(sch: s_tir.Schedule, quads) -> s_tir.Schedule | 
         channel_outer, channel = sch.split(channel, [None, QUAD_CHANNELS])
         sch.reorder(pixel_outer, channel_outer, pixel, channel)
         sch.tensorize(pixel, QUAD_SPLIT_NEON)
-    if not _packed_output(sch, output):
+    if not writes_packed_output(sch, output):
         sch.vectorize(sch.get_loops(output)[-1])
     return sch
-
-
-def _packed_output(sch: s_tir.Schedule, output) -> bool:
-    return any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)

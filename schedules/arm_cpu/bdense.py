@@ -20,8 +20,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from ...relay_ops.bdense import RULE, WORDS_PER_CHUNK
-from ...strategies import register
+from ...relay_ops._lanes import HALFWORD_LANES, WORDS_PER_CHUNK
+from ..generic.accumulator import accumulator_of
 from ..generic._util import (
     blocks_by_name,
     extent,
@@ -30,6 +30,7 @@ from ..generic._util import (
     parallel_chunks,
     sample_tiles,
     vectorize_channels,
+    writes_packed_output,
 )
 from .intrin import lane_sum_intrin, popcount_acc_intrin
 
@@ -41,13 +42,14 @@ OUTPUT_LANES = 16
 # 2^16 words are 16k chunks at about 3.5 instructions each: some 20 us on one Cortex-A72 core, against a
 # few us to wake the thread pool (estimates: there is no ARM hardware here, and qemu's times mean nothing).
 PARALLEL_MIN_WORDS = 1 << 16
-@register(RULE, ("arm_cpu",))
-def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
-    if sch.get(lanes).name_hint != "bdense_lanes":
+
+
+def schedule_bdense_neon(sch: s_tir.Schedule, lanes, target: tvm.target.Target) -> s_tir.Schedule | None:
+    if accumulator_of(sch, lanes).lanes != HALFWORD_LANES:
         return None  # the "words" accumulation: the generic CPU schedule serves it
     blocks = blocks_by_name(sch)
     accum, output = blocks["bdense_accum"], blocks["bdense_output"]
-    packed_output = len(sch.get_loops(output)) == 3  # batch, word, and the reduction over its bits
+    packed_output = writes_packed_output(sch, output)
     # Step 1: elementwise epilogues fused by FuseOps join the output transform.
     inline_epilogues(sch, output)
 
@@ -55,7 +57,7 @@ def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     n, o, lane, k = sch.get_loops(lanes)
     batch, channels, chunks = extent(sch, n), extent(sch, o), extent(sch, k)
     tiles = channels // CHANNEL_TILE
-    parallel = parallel_chunks(batch * channels * chunks * WORDS_PER_CHUNK, tiles, PARALLEL_MIN_WORDS)
+    parallel = parallel_chunks(batch * channels * chunks * WORDS_PER_CHUNK, tiles, PARALLEL_MIN_WORDS, target)
     o_parallel, o_serial, o_inner = sample_tiles(
         sch, o, [parallel, tiles // parallel, CHANNEL_TILE], max_inner=MAX_CHANNEL_TILE)
     row_tile, chunk_tile = largest_divisor(batch, ROW_TILES), largest_divisor(chunks, CHUNK_TILES)
@@ -70,7 +72,7 @@ def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     sch.reverse_compute_at(tile, n_outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(lanes, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(lane, popcount_acc_intrin(tvm.target.Target.current()))
+    sch.tensorize(lane, popcount_acc_intrin(target))
     sch.unroll(k_inner)
     sch.unroll(n_inner)
     sch.unroll(o_inner)
@@ -79,7 +81,7 @@ def schedule_bdense_neon(sch: s_tir.Schedule, lanes) -> s_tir.Schedule | None:
     # over channels (a packed output: its bit loop unrolled).
     sch.reverse_compute_at(accum, n_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    lane_sum = lane_sum_intrin(tvm.target.Target.current())
+    lane_sum = lane_sum_intrin(target)
     if lane_sum is not None:
         accum_init = sch.decompose_reduction(accum, sch.get_loops(accum)[-1])
         sch.tensorize(sch.get_loops(accum)[-1], lane_sum)

@@ -1,10 +1,5 @@
-"""Target-independent schedules: the fallback for blocks without a rule of their own."""
+"""Target-independent schedules: the fallback for blocks without a rule of their own, and the float layers'."""
 
 from .parallel import schedule_generic
 
 __all__ = ["schedule_generic"]
-
-
-def register_all() -> None:
-    # Importing registers the float-layer schedules with the strategy registry.
-    from . import conv2d, dense  # noqa: F401

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 
+import tvm
 from tvm import s_tir
 
 from .parallel import schedule_generic
@@ -114,23 +116,24 @@ def choosing(*names: str):
         _CHOSEN.reset(token)
 
 
-def target_cores() -> int:
-    """The current target's ``num-cores`` (this machine's count if the target does not say)."""
-    import os
-
-    import tvm
-
-    target = tvm.target.Target.current(allow_none=True)
-    cores = target.attrs.get("num-cores") if target is not None else None
+def target_cores(target: tvm.target.Target) -> int:
+    """The target's ``num-cores`` (this machine's count if the target does not say)."""
+    cores = target.attrs.get("num-cores")
     return int(cores) if cores else (os.cpu_count() or 1)
 
 
-def parallel_chunks(work: int, iterations: int, min_work: int) -> int:
+def parallel_chunks(work: int, iterations: int, min_work: int, target: tvm.target.Target) -> int:
     """How many parallel chunks to cut ``iterations`` into by default: the largest divisor up to the target's
     cores when ``work`` reaches ``min_work``, else 1 (TVM emits no thread launch for a parallel loop of 1)."""
     if work < min_work:
         return 1
-    return max(d for d in range(1, min(target_cores(), iterations) + 1) if iterations % d == 0)
+    return max(d for d in range(1, min(target_cores(target), iterations) + 1) if iterations % d == 0)
+
+
+def writes_packed_output(sch: s_tir.Schedule, output) -> bool:
+    """Whether the output block packs bits into words: it reduces (over a word's 32 channels), the others
+    are elementwise."""
+    return any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)
 
 
 def vectorize_channels(sch: s_tir.Schedule, loop, lanes: int) -> None:

@@ -15,9 +15,9 @@ these kernels (``bnn_tvm.tuning``).
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
-from ...strategies import register
 from ._util import (
     blocks_by_name,
     extent,
@@ -36,9 +36,7 @@ LANES = (16, 8, 4)
 MATERIALIZED_PADDING_TAPS = 25
 
 
-@register("topi:conv2d_nhwc", ("cpu",))
-@register("topi:group_conv2d_nhwc", ("cpu",))
-def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv) -> s_tir.Schedule | None:
+def schedule_conv2d_nhwc(sch: s_tir.Schedule, conv, target: tvm.target.Target) -> s_tir.Schedule | None:
     loops = sch.get_loops(conv)
     if len(loops) != 7:
         return None

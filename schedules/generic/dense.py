@@ -18,15 +18,13 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from ...strategies import register
 from ._util import extent, largest_divisor, sample_split
 
 COLUMN_TILES = {"x86": (40, 32, 16, 8, 4), "arm_cpu": (16, 8, 4)}
 MAX_COLUMN_TILE = 64
 
 
-@register("topi:matmul", ("cpu",))
-def schedule_matmul_columns(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
+def schedule_matmul_columns(sch: s_tir.Schedule, block, target: tvm.target.Target) -> s_tir.Schedule | None:
     loops = sch.get_loops(block)
     block_stmt = sch.get(block)
     kinds = [iv.iter_type for iv in block_stmt.iter_vars]
@@ -38,8 +36,7 @@ def schedule_matmul_columns(sch: s_tir.Schedule, block) -> s_tir.Schedule | None
         return None  # w is not [K, N] with the columns contiguous
     *row_loops, columns, k = loops
     rows = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]  # TFLite's dense keeps 4-D rows
-    target = tvm.target.Target.current(allow_none=True)
-    family = "arm_cpu" if target is not None and "arm_cpu" in list(target.keys) else "x86"
+    family = "arm_cpu" if "arm_cpu" in list(target.keys) else "x86"
     tile = largest_divisor(extent(sch, columns), COLUMN_TILES[family])
     if tile == 1:
         return None

@@ -23,15 +23,15 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from ...relay_ops.bconv2d import CHANNEL_BLOCK, RULE
-from ...strategies import register
+from ...relay_ops._lanes import CHANNEL_BLOCK
+from ..generic.accumulator import accumulator_of
 from ..generic._util import (
     blocks_by_name,
-    extent,
     inline_epilogues,
     parallel_rows,
     sample_column_tile,
     sample_split,
+    writes_packed_output,
 )
 from .intrin import CHANNELS as INTRIN_CHANNELS
 from .intrin import POPCOUNT_ACC_AVX2
@@ -44,14 +44,16 @@ HALFWORD_COLUMN_TILES = (8, 7, 4, 2)
 HALFWORD_CHANNEL_TILE = 8
 
 
-@register(RULE, ("cpu",))
-def schedule_bconv2d(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
+def schedule_bconv2d(sch: s_tir.Schedule, accum, target: tvm.target.Target) -> s_tir.Schedule | None:
+    lanes = accumulator_of(sch, accum).lanes
+    if lanes not in (0, 2):
+        return None  # u16 lanes of 128-bit chunks: ARM's accumulations
     blocks = blocks_by_name(sch)
     output = blocks.get("bconv2d_output")
     if output is None:
         return None
-    if sch.get(accum).name_hint == "bconv2d_lanes":
-        return _schedule_channel_halfwords(sch, accum, blocks) if extent(sch, sch.get_loops(accum)[4]) == 2 else None
+    if lanes == 2:  # channel_halfwords: a channel's two halfwords in u16 lanes
+        return _schedule_channel_halfwords(sch, accum, blocks)
     # Step 1: the zero-word padding of the input, parallel over rows.
     if "bconv2d_pad" in blocks:
         parallel_rows(sch, blocks["bconv2d_pad"])
@@ -114,7 +116,6 @@ def _schedule_channel_halfwords(sch: s_tir.Schedule, lanes, blocks) -> s_tir.Sch
     sch.reverse_compute_at(accum, o_outer, preserve_unit_loops=True)
     sch.reverse_compute_at(output, o_outer, preserve_unit_loops=True)
     sch.compute_inline(tile)
-    packed_output = any(var.iter_type == tvm.tirx.IterVar.CommReduce for var in sch.get(output).iter_vars)
-    if not packed_output:
+    if not writes_packed_output(sch, output):
         sch.vectorize(sch.get_loops(output)[-1])
     return sch

@@ -22,10 +22,11 @@ word tile [4 or 2, whichever divides the words].
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
-from ...relay_ops.bdense import CHANNEL_BLOCK, RULE
-from ...strategies import register
+from ...relay_ops._lanes import CHANNEL_BLOCK
+from ..generic.accumulator import accumulator_of
 from ..generic._util import (
     blocks_by_name,
     extent,
@@ -34,6 +35,7 @@ from ..generic._util import (
     parallel_chunks,
     sample_tiles,
     vectorize_channels,
+    writes_packed_output,
 )
 
 CHANNEL_TILES = (2,)
@@ -45,12 +47,11 @@ OUTPUT_LANES = 16
 PARALLEL_MIN_WORDS = 1 << 18
 
 
-@register(RULE, ("cpu",))
-def schedule_bdense(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
-    if sch.get(accum).name_hint != "bdense_accum":
-        return None  # the "halfwords" accumulation is ARM's
+def schedule_bdense(sch: s_tir.Schedule, accum, target: tvm.target.Target) -> s_tir.Schedule | None:
+    if accumulator_of(sch, accum).lanes:
+        return None  # u16 lanes: the "halfwords" accumulation is ARM's
     output = blocks_by_name(sch)["bdense_output"]
-    packed_output = len(sch.get_loops(output)) == 3  # batch, word, and the reduction over its bits
+    packed_output = writes_packed_output(sch, output)
     # Step 1: elementwise epilogues fused by FuseOps (an activation, an add) join the output transform.
     inline_epilogues(sch, output)
 
@@ -59,7 +60,7 @@ def schedule_bdense(sch: s_tir.Schedule, accum) -> s_tir.Schedule | None:
     batch, blocks, words = extent(sch, n), extent(sch, o) // CHANNEL_BLOCK, extent(sch, c)
     o_blocks, lanes = sch.split(o, [None, CHANNEL_BLOCK])
     channel_tile = largest_divisor(blocks, CHANNEL_TILES)
-    chunks = parallel_chunks(batch * blocks * CHANNEL_BLOCK * words, blocks // channel_tile, PARALLEL_MIN_WORDS)
+    chunks = parallel_chunks(batch * blocks * CHANNEL_BLOCK * words, blocks // channel_tile, PARALLEL_MIN_WORDS, target)
     b_parallel, b_serial, b_tile = sample_tiles(
         sch, o_blocks, [chunks, blocks // channel_tile // chunks, channel_tile], max_inner=4)
     row_tile, word_tile = largest_divisor(batch, ROW_TILES), largest_divisor(words, WORD_TILES)

@@ -11,10 +11,9 @@ over channels [32 where it divides them, else none].
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
-from ...relay_ops.bitpack import DEQUANTIZE_RULE, QUANTIZE_RULE
-from ...strategies import register
 from ..generic._util import extent, sample_parallel, sample_split
 
 VECTOR_LANES = 32
@@ -28,8 +27,7 @@ def _inline_producers(sch: s_tir.Schedule, block) -> None:
             pass
 
 
-@register(QUANTIZE_RULE, ("cpu",))
-def schedule_quantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
+def schedule_quantize(sch: s_tir.Schedule, block, target: tvm.target.Target) -> s_tir.Schedule | None:
     # Step 1: compute fused elementwise producers in place.
     _inline_producers(sch, block)
     *leading, _words, bit = sch.get_loops(block)
@@ -43,8 +41,7 @@ def schedule_quantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
     return sch
 
 
-@register(DEQUANTIZE_RULE, ("cpu",))
-def schedule_dequantize(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
+def schedule_dequantize(sch: s_tir.Schedule, block, target: tvm.target.Target) -> s_tir.Schedule | None:
     *leading, channels = sch.get_loops(block)
     # Step 1: parallel over the leading axes. Knob: how deep.
     if leading:

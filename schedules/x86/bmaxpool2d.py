@@ -7,17 +7,15 @@ LLVM's own vectorizer].
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir
 
-from ...relay_ops.bmaxpool2d import RULE
-from ...strategies import register
 from ..generic._util import sample_parallel, sample_split
 
 MAX_VECTOR_WORDS = 16
 
 
-@register(RULE, ("cpu",))
-def schedule_bmaxpool2d(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
+def schedule_bmaxpool2d(sch: s_tir.Schedule, block, target: tvm.target.Target) -> s_tir.Schedule | None:
     n, h, w, c, p, q = sch.get_loops(block)
     # Step 1: window loops outside the word loop, so the words vectorize.
     sch.reorder(n, h, w, p, q, c)
