@@ -9,6 +9,7 @@ the same model).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from .cache import cache_dir
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 CACHE_DIR = cache_dir() / "models"
-RECIPE_VERSION = 2  # bump when the way models are built changes
+RECIPE_VERSION = 3  # bump when the way models are built changes
 
 
 def _tf():
@@ -95,8 +96,13 @@ def recipe_hash(recipe: dict) -> str:
 
 
 def _recipe_hash(case, builder) -> str:
-    """The cache key of ``case`` made by ``builder``: another builder makes another model of the same case."""
-    return recipe_hash(case.recipe() if builder is None else {**case.recipe(), "builder": builder.__qualname__})
+    """The cache key of ``case`` made by ``builder``: another builder, or the same one edited, makes another model.
+
+    The builder's source is part of the key because a test's builder changes with the test (a renamed input
+    once met a warm CI cache holding the model its old source had made)."""
+    if builder is None:
+        return recipe_hash(case.recipe())
+    return recipe_hash({**case.recipe(), "builder": builder.__qualname__, "source": inspect.getsource(builder)})
 
 
 def cached_tflite(case, builder=None) -> Path:
